@@ -1,0 +1,267 @@
+"""Typed, frozen experiment configs read from TOML.
+
+A config file may name another with ``base = "other.toml"`` (relative to itself); its keys are
+merged over the base's, table by table. ``--set a.b=v`` overrides one key after loading; ``v`` is
+read as a TOML value (``--set seeds=[0,1,2]``, ``--set split.kind="leave_k_out"``) and falls back to a
+plain string. Unknown keys are an error that names the key, the file and the nearest valid key.
+
+Model tables are free-form: ``[models.NAME]`` holds the constructor arguments of the registered
+model ``NAME`` (or of ``type = "registered_name"`` when one model is run twice under two names), and
+an optional ``space`` sub-table used by the tuner. Model arguments are checked against the model's
+constructor when the run builds its models, before anything is fitted.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from research.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Size and seed of the synthetic MAL-shaped data set (used when ``data.source = "synth"``)."""
+
+    users: int = 600  # number of users
+    items: int = 800  # number of anime in the catalogue
+    ratings_per_user: int = 60  # mean ratings per user (long-tailed across users)
+    segments: int = 5  # planted taste segments over genres
+    factors: int = 8  # planted latent dimension
+    unrated_fraction: float = 0.1  # share of animelist rows with score 0 ("watched, no score")
+    seed: int = 0  # the generator's seed; independent of the experiment seed
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the raw data are and how to read them."""
+
+    source: str = "synth"  # mal2020 | cooperunion2017 | generic | synth
+    path: str = ""  # raw folder; "" -> $ANIMEREC_DATA/<source> -> data/raw/<source>
+    ratings: str = ""  # ratings file in the folder ("" -> the source's default)
+    catalogue: str = ""  # anime catalogue file ("" -> the source's default, if present)
+    synopsis: str = ""  # synopsis file ("" -> the source's default, if present)
+    unrated: str = "drop"  # rows with score 0 / -1: "drop" (counted) or "keep" (as watched, no rating)
+    max_rows: int = 0  # read at most this many rating rows (0 = all)
+    min_user_ratings: int = 0  # drop users with fewer rated rows (counted in the manifest)
+    fallback_to_synth: bool = True  # with no real data found, run on the synthetic generator
+    delimiter: str = ","  # generic source only
+    header: bool = True  # generic source only
+    user_col: str = "user"  # generic: column name, or 0-based position as a string ("0")
+    item_col: str = "item"
+    rating_col: str = "rating"
+    timestamp_col: str = ""
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How interactions are split into train, validation and test."""
+
+    kind: str = "random"  # random | user_holdout | leave_k_out | cold_start
+    test_fraction: float = 0.2  # random / user_holdout / cold_start: share held out for test
+    val_fraction: float = 0.1  # share of the remaining train held back for validation
+    k: int = 1  # leave_k_out: items per user held out for test (and for validation)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What the harness measures."""
+
+    k: int = 10  # cut-off of the ranking metrics
+    batch_users: int = 1024  # users scored at once (memory: batch_users x n_items floats)
+    relevance_threshold: float = 0.0  # a test item is relevant if its rating >= this (0: all)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """keras-tuner search (``animerec tune``)."""
+
+    model: str = ""  # the model table to tune; "" -> the only model in the config
+    oracle: str = "random"  # random | bayesian | hyperband
+    max_trials: int = 10
+    objective: str = "rmse"  # a harness metric, scored on validation
+    direction: str = "min"  # min | max
+    max_epochs: int = 20  # hyperband's resource (epochs) for Keras models
+    hyperband_factor: int = 3
+    retrain_on_full: bool = True  # refit the best on train+validation, then score on test
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One ``[models.NAME]`` table."""
+
+    name: str
+    type: str
+    params: dict
+    space: dict
+
+
+@dataclass(frozen=True)
+class Config:
+    """A resolved experiment config."""
+
+    experiment: str = "experiment"
+    seeds: tuple = (0,)  # one run per seed; child seeds are spawned from each
+    results_dir: str = "results"  # relative to the repository root unless absolute
+    data: DataConfig = field(default_factory=DataConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    models: tuple = ()  # tuple[ModelSpec, ...], in file order
+    source_file: str = ""  # the TOML file it was read from
+
+    def model(self, name: str) -> ModelSpec:
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        raise ConfigError(_unknown("model", name, [m.name for m in self.models], self.source_file))
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["models"] = {m.name: {"type": m.type, **m.params, **({"space": m.space} if m.space else {})}
+                         for m in self.models}
+        return out
+
+    @property
+    def results_path(self) -> Path:
+        p = Path(self.results_dir)
+        return p if p.is_absolute() else REPO_ROOT / p
+
+
+_SECTIONS = {"data": DataConfig, "synth": SynthConfig, "split": SplitConfig, "eval": EvalConfig,
+             "tune": TuneConfig}
+_TOP = {"experiment", "seeds", "results_dir", "models", "base", *_SECTIONS}
+
+
+def _unknown(what: str, key: str, valid, source: str) -> str:
+    near = difflib.get_close_matches(key, list(valid), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else f" (valid: {', '.join(sorted(valid))})"
+    src = f" in {source}" if source else ""
+    return f"unknown {what} {key!r}{src}{hint}"
+
+
+def _read_toml(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
+    """Read ``path`` and its ``base`` chain. Returns (merged dict, key -> file it came from)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base' chain")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    origin = {k: str(path) for k in raw}
+    base = raw.pop("base", None)
+    if base is None:
+        return raw, origin
+    merged, base_origin = _read_toml((path.parent / base), seen + (path,))
+    base_origin.update(origin)
+    return _merge(merged, raw), base_origin
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` strings to a raw config dict (values parsed as TOML)."""
+    raw = _merge({}, raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a table")
+        node[parts[-1]] = _parse_value(value.strip())
+    return raw
+
+
+def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    if typ is tuple:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value,)
+        if isinstance(value, list):
+            return tuple(value)
+    elif typ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    elif typ is str and isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith("_col"):
+        return str(value)
+    elif isinstance(value, typ) and not (typ is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key} in {source or 'config'}: expected {typ.__name__}, got {value!r}")
+
+
+def _build(cls, raw: dict, prefix: str, origin: str):
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in raw.items():
+        if k not in fields:
+            raise ConfigError(_unknown("key", f"{prefix}{k}", [f"{prefix}{n}" for n in fields], origin))
+        typ = typing.get_type_hints(cls)[k]
+        kwargs[k] = _coerce(v, typ, f"{prefix}{k}", origin)
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict, source: str = "", origin: dict | None = None) -> Config:
+    """Build a Config from a raw dict, rejecting unknown keys and wrong types."""
+    origin = origin or {}
+    kwargs: dict[str, Any] = {"source_file": source}
+    for key, value in raw.items():
+        where = origin.get(key, source)
+        if key not in _TOP:
+            raise ConfigError(_unknown("key", key, _TOP - {"base"}, where))
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{key}] in {where}: expected a table")
+            kwargs[key] = _build(_SECTIONS[key], value, f"{key}.", where)
+        elif key == "models":
+            specs = []
+            for name, table in value.items():
+                if not isinstance(table, dict):
+                    raise ConfigError(f"models.{name} in {where}: expected a table")
+                table = dict(table)
+                typ = table.pop("type", name)
+                space = table.pop("space", {})
+                specs.append(ModelSpec(name=name, type=str(typ), params=table, space=space))
+            kwargs["models"] = tuple(specs)
+        elif key == "base":
+            continue
+        else:
+            typ = typing.get_type_hints(Config)[key]
+            kwargs[key] = _coerce(value, typ, key, where)
+    return Config(**kwargs)
+
+
+def load(path: str | os.PathLike, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config (with its ``base`` chain) and apply ``--set`` overrides."""
+    path = Path(path)
+    raw, origin = _read_toml(path)
+    raw = apply_overrides(raw, overrides or [])
+    return from_dict(raw, str(path), origin)

@@ -1,0 +1,1 @@
+"""Data layer: raw sources, validation, preparation, synthetic data, interactions and splits."""

@@ -1,0 +1,1 @@
+"""Metrics and the one evaluation harness every model goes through."""

@@ -1,0 +1,108 @@
+"""Metrics. Each ranking metric takes a boolean ``hits`` matrix (users x k: is the item at rank
+j relevant?) and ``n_relevant`` (relevant items per user, > 0) and returns one value per user; the
+harness averages over users. Gains are binary (relevant = 1), so ``2^rel - 1`` and linear gains
+coincide. Rank j is 0-based in code and 1-based in the formulas.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def rmse(y_true, y_pred) -> float:
+    """sqrt(mean((y - ŷ)^2)). Empty input -> NaN (there is nothing to measure)."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    return float(np.sqrt(np.mean((y_true - y_pred) ** 2))) if y_true.size else float("nan")
+
+
+def mae(y_true, y_pred) -> float:
+    """mean(|y - ŷ|). Empty input -> NaN."""
+    y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
+    return float(np.mean(np.abs(y_true - y_pred))) if y_true.size else float("nan")
+
+
+def precision_at_k(hits: np.ndarray, k: int) -> np.ndarray:
+    """|relevant ∩ top-k| / k. The divisor is k even when fewer than k items could be listed."""
+    return hits[:, :k].sum(axis=1) / k
+
+
+def recall_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """|relevant ∩ top-k| / |relevant|. Users must have |relevant| > 0."""
+    return hits[:, :k].sum(axis=1) / n_relevant
+
+
+def hit_rate_at_k(hits: np.ndarray, k: int) -> np.ndarray:
+    """1 if any of the top-k is relevant, else 0."""
+    return hits[:, :k].any(axis=1).astype(np.float64)
+
+
+def _discounts(k: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+def ndcg_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """DCG@k / IDCG@k with DCG@k = Σ_{j=1..k} rel_j / log2(j + 1) and binary rel_j.
+
+    IDCG@k is the DCG of min(|relevant|, k) hits at the top. If IDCG@k is 0 (no relevant items)
+    the value is 0; the harness never passes such users (it counts them apart).
+    """
+    hits = hits[:, :k]
+    disc = _discounts(hits.shape[1])
+    dcg = (hits * disc).sum(axis=1)
+    ideal_n = np.minimum(n_relevant, hits.shape[1]).astype(np.int64)
+    cum = np.r_[0.0, np.cumsum(_discounts(max(k, 1)))]
+    idcg = cum[ideal_n]
+    return np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
+
+
+def average_precision_at_k(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    """AP@k = Σ_{j=1..k} P@j · rel_j / min(|relevant|, k); MAP@k is its mean over users.
+
+    Dividing by min(|relevant|, k) (not |relevant|) makes a perfect list score 1. 0 when
+    |relevant| = 0.
+    """
+    hits = hits[:, :k].astype(np.float64)
+    cum_hits = np.cumsum(hits, axis=1)
+    prec_at_j = cum_hits / np.arange(1, hits.shape[1] + 1)
+    denom = np.minimum(n_relevant, k).astype(np.float64)
+    num = (prec_at_j * hits).sum(axis=1)
+    return np.divide(num, denom, out=np.zeros_like(num), where=denom > 0)
+
+
+def coverage(recommended: np.ndarray, n_candidates: int) -> float:
+    """Catalogue coverage: distinct items in all top-k lists / number of candidate items.
+    Padding (-1) is ignored; 0 candidates -> NaN."""
+    rec = recommended[recommended >= 0]
+    return float(len(np.unique(rec)) / n_candidates) if n_candidates else float("nan")
+
+
+def novelty(recommended: np.ndarray, item_popularity: np.ndarray) -> np.ndarray:
+    """Per user, mean self-information −log2 p(i) of the listed items, with p(i) the share of
+    training users who interacted with i. Padding (-1) and items with p = 0 are skipped; a user
+    with no scorable item gets NaN."""
+    rec = recommended
+    valid = rec >= 0
+    p = np.where(valid, item_popularity[np.where(valid, rec, 0)], 0.0)
+    valid &= p > 0
+    info = np.where(valid, -np.log2(np.where(valid, p, 1.0)), 0.0)
+    n = valid.sum(axis=1)
+    return np.divide(info.sum(axis=1), n, out=np.full(len(rec), np.nan), where=n > 0)
+
+
+def wcss(x: np.ndarray, labels: np.ndarray, centers: np.ndarray) -> float:
+    """Within-cluster sum of squares: Σ_i ||x_i − c_{label(i)}||² (K-means' inertia)."""
+    x = np.asarray(x, np.float64)
+    return float(((x - np.asarray(centers, np.float64)[labels]) ** 2).sum())
+
+
+def silhouette(x: np.ndarray, labels: np.ndarray, sample_size: int = 5000, seed: int = 0) -> float:
+    """Mean silhouette coefficient (b − a) / max(a, b) over at most ``sample_size`` points
+    (scikit-learn's implementation, Euclidean). NaN when there are fewer than 2 clusters or
+    as many clusters as points (undefined)."""
+    from sklearn.metrics import silhouette_score
+
+    n_labels = len(np.unique(labels))
+    if n_labels < 2 or n_labels >= len(labels):
+        return float("nan")
+    size = min(sample_size, len(labels))
+    return float(silhouette_score(x, labels, sample_size=size if size < len(labels) else None,
+                                  random_state=seed))
