@@ -60,6 +60,35 @@ class Recommender:
         """Metrics particular to this model (measured on training data), e.g. ``wcss``."""
         return {}
 
+    # ---- persistence --------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the fitted model under folder ``path`` (default: a pickle of its attributes).
+        Models holding TensorFlow objects override ``save``/``load`` (weights + constructor args)."""
+        import pickle
+        from pathlib import Path
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        state = {k: v for k, v in self.__dict__.items() if k != "meta"}
+        tmp = path / "model.pkl.tmp"
+        with open(tmp, "wb") as fh:
+            pickle.dump({"class": f"{type(self).__module__}:{type(self).__qualname__}", "state": state}, fh,
+                        protocol=pickle.HIGHEST_PROTOCOL)
+        tmp.replace(path / "model.pkl")
+
+    @classmethod
+    def load(cls, path, meta: Meta) -> "Recommender":
+        """Read a model written by ``save``; ``meta`` is the run's shared vocabularies."""
+        import pickle
+        from pathlib import Path
+
+        with open(Path(path) / "model.pkl", "rb") as fh:
+            blob = pickle.load(fh)
+        obj = cls.__new__(cls)
+        obj.__dict__.update(blob["state"])
+        obj.meta = meta
+        return obj
+
     # ---- derived ------------------------------------------------------------------------
     def recommend(self, users: np.ndarray, k: int = 10, exclude: sp.csr_matrix | None = None,
                   candidates: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
