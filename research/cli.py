@@ -1,0 +1,274 @@
+"""The ``animerec`` command (also ``python -m research``). Thin: parse, call one function, print
+where the results went. Errors a user can fix print one line and exit with code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from research.errors import AnimeRecError, ConfigError
+
+
+def _config(args):
+    from research import config
+
+    return config.load(args.config, getattr(args, "set", None) or [])
+
+
+def cmd_run(args) -> int:
+    from research.experiment import run
+
+    run(_config(args), quiet=args.quiet)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from research.data import prepare
+
+    out = Path(args.out) if args.out else Path("data/processed") / args.source
+    manifest = prepare.prepare(args.source, Path(args.raw), out, chunk_rows=args.chunk_rows)
+    for name, f in manifest.get("files", {}).items():
+        dropped = ", ".join(f"{k}={v}" for k, v in f.get("rows_dropped", {}).items()) or "none"
+        print(f"{name}: read {f['rows_read']}, kept {f['rows_kept']}, dropped {dropped}")
+    print(f"wrote {out}/manifest.json")
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from research.data import synth
+
+    info = synth.generate(Path(args.out), users=args.users, items=args.items,
+                          ratings_per_user=args.ratings_per_user, segments=args.segments,
+                          factors=args.factors, unrated_fraction=args.unrated_fraction, seed=args.seed)
+    print(f"wrote synthetic mal2020 files to {args.out}: {info}")
+    return 0
+
+
+def cmd_eda(args) -> int:
+    from research import eda
+
+    out = eda.run(_config(args))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from research import tuning
+
+    out = tuning.tune(_config(args))
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from research import report
+
+    for path in report.build(args.experiment):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from research import bench
+
+    for path in bench.main(args.name, quick=args.quick):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_tensorboard(args) -> int:
+    from research import tb
+
+    return tb.serve(args.target, port=args.port)
+
+
+def _resolve_run(run: str) -> Path:
+    from research.config import REPO_ROOT
+    from research.results import find_runs
+
+    p = Path(run)
+    for cand in (p, REPO_ROOT / p, REPO_ROOT / "results" / "runs" / p):
+        if (cand / "metrics.json").is_file():
+            return cand
+        if cand.is_dir():  # an experiment folder: its newest finished run
+            runs = [d for d in find_runs(cand.parent.parent, cand.name) if d.parent == cand]
+            if runs:
+                return runs[-1]
+    raise ConfigError(f"no run folder at {run!r} (give results/runs/<experiment>/<run-id> or an experiment name)")
+
+
+def _pick_model(run_dir: Path, metrics: dict, name: str | None, need: str) -> str:
+    models = metrics["models"]
+    if name:
+        if name not in models:
+            import difflib
+
+            near = difflib.get_close_matches(name, list(models), n=1)
+            raise ConfigError(f"run has no model {name!r}" + (f" (did you mean {near[0]!r}?)" if near else
+                                                              f" (models: {', '.join(models)})"))
+        return name
+    key = "ndcg@10"
+    ranked = sorted((m for m in models if key in models[m]), key=lambda m: -models[m][key])
+    if need == "rank" and ranked:
+        return ranked[0]
+    preferred = {"items": ("item_knn", "embedding_dot", "two_tower", "content"),
+                 "users": ("user_knn", "embedding_dot", "kmeans", "two_tower")}.get(need, ())
+    for m in preferred:
+        if m in models:
+            return m
+    return ranked[0] if ranked else next(iter(models))
+
+
+def _user_index(meta, user: str) -> int:
+    try:
+        return int(meta.users.index(int(user)))
+    except (KeyError, ValueError):
+        raise ConfigError(f"unknown user {user!r} (user ids are MyAnimeList user_id values, "
+                          f"e.g. {meta.users.values[0]})") from None
+
+
+def _item_index(meta, anime: str) -> int:
+    if anime.strip().lstrip("-").isdigit():
+        idx = meta.items.index(int(anime), missing="mask")
+        if idx >= 0:
+            return int(idx)
+    names = meta.item_table["name"] if meta.item_table is not None and "name" in meta.item_table else None
+    if names is not None:
+        low = names.fillna("").str.lower()
+        exact = (low == anime.lower()).to_numpy().nonzero()[0]
+        if len(exact):
+            return int(exact[0])
+        part = low.str.contains(anime.lower(), regex=False).to_numpy().nonzero()[0]
+        if len(part):
+            return int(part[0])
+    raise ConfigError(f"no anime with id or name {anime!r} in this run's catalogue")
+
+
+def cmd_recommend(args) -> int:
+    from research.experiment import load_model, load_run
+    from research.explain import explain_recommendations
+
+    run_dir = _resolve_run(args.run)
+    meta, metrics, _ = load_run(run_dir)
+    name = _pick_model(run_dir, metrics, args.model, "rank")
+    model = load_model(run_dir, name, meta)
+    u = _user_index(meta, args.user)
+    for line in explain_recommendations(run_dir, model, meta, u, args.k):
+        print(line)
+    print(f"(model: {name}; run: {run_dir})")
+    return 0
+
+
+def cmd_similar(args, what: str) -> int:
+    from research.experiment import load_model, load_run
+    from research.models.base import NotSupported
+
+    run_dir = _resolve_run(args.run)
+    meta, metrics, _ = load_run(run_dir)
+    name = _pick_model(run_dir, metrics, args.model, what)
+    model = load_model(run_dir, name, meta)
+    try:
+        if what == "items":
+            q = _item_index(meta, args.anime)
+            idx, sims = model.similar_items([q], args.k)
+            print(f"anime like {meta.item_names([q])[0]} (id {meta.items.ids(q)}), by {name}:")
+            for rank, (i, s) in enumerate(zip(idx[0], sims[0]), 1):
+                if i >= 0:
+                    print(f"{rank:3d}. {meta.item_names([i])[0]} (id {meta.items.ids(i)})  similarity {s:.3f}")
+        else:
+            q = _user_index(meta, args.user)
+            idx, sims = model.similar_users([q], args.k)
+            print(f"users like user {args.user}, by {name}:")
+            for rank, (i, s) in enumerate(zip(idx[0], sims[0]), 1):
+                if i >= 0:
+                    print(f"{rank:3d}. user {meta.users.ids(i)}  similarity {s:.3f}")
+    except NotSupported as exc:
+        raise ConfigError(f"model {name!r} cannot answer this: {exc} (pick another with --model)") from None
+    print(f"(run: {run_dir})")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="animerec", description="Anime recommendation research: data, models, "
+                                "one evaluation harness, tuning, reports and benchmarks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp):
+        sp.add_argument("config", help="experiment TOML (experiments/configs/*.toml)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set seeds=[0,1,2] --set models.bias.user_damping=10")
+        return sp
+
+    sp = with_config(sub.add_parser("run", help="fit and evaluate every model in a config"))
+    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("prepare", help="validate and convert raw files to parquet + manifest.json")
+    sp.add_argument("--source", required=True, choices=["mal2020", "cooperunion2017", "generic"])
+    sp.add_argument("--raw", required=True, help="folder with the raw files")
+    sp.add_argument("--out", help="output folder (default data/processed/<source>)")
+    sp.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per streamed chunk")
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = sub.add_parser("synth", help="write a synthetic data set in the mal2020 raw schema")
+    sp.add_argument("--users", type=int, required=True)
+    sp.add_argument("--items", type=int, required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--ratings-per-user", type=int, default=60)
+    sp.add_argument("--segments", type=int, default=5)
+    sp.add_argument("--factors", type=int, default=8)
+    sp.add_argument("--unrated-fraction", type=float, default=0.1)
+    sp.set_defaults(func=cmd_synth)
+
+    sp = with_config(sub.add_parser("eda", help="the data report (Markdown + figures)"))
+    sp.set_defaults(func=cmd_eda)
+    sp = with_config(sub.add_parser("tune", help="keras-tuner search through the harness"))
+    sp.set_defaults(func=cmd_tune)
+
+    sp = sub.add_parser("report", help="rebuild results/tables and results/figures from the runs")
+    sp.add_argument("experiment", nargs="?")
+    sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("bench", help="benchmarks; JSON to results/bench/")
+    sp.add_argument("name", nargs="?")
+    sp.add_argument("--quick", action="store_true", help="small sizes (CI)")
+    sp.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("tensorboard", help="TensorBoard on a run's logs, bound to 127.0.0.1")
+    sp.add_argument("target", help="a run folder or an experiment name")
+    sp.add_argument("--port", type=int, default=6006)
+    sp.set_defaults(func=cmd_tensorboard)
+
+    for name, help_, what in (("recommend", "top-k for one user", "rank"),
+                              ("similar-anime", "nearest anime", "items"),
+                              ("similar-users", "nearest users", "users")):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("--run", required=True, help="run folder or experiment name")
+        if what == "items":
+            sp.add_argument("--anime", required=True, help="MAL anime id or (part of) its name")
+        else:
+            sp.add_argument("--user", required=True, help="MAL user id")
+        sp.add_argument("-k", type=int, default=10)
+        sp.add_argument("--model", help="which model of the run (default: the best one that can answer)")
+        sp.set_defaults(func=cmd_recommend if what == "rank" else
+                        (lambda a, w=what: cmd_similar(a, w)))
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AnimeRecError as exc:
+        print(f"animerec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("animerec: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

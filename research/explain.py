@@ -1,0 +1,44 @@
+"""One-line reasons for recommendations, computed from the model's own representation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from research.models.base import mask_scores, top_k
+
+
+def explain_recommendations(run_dir: Path, model, meta, user: int, k: int = 10) -> list[str]:
+    """Top-``k`` for ``user`` with names, scores and a reason, excluding what the user has seen
+    in train + validation and items outside the training candidates, as the harness does."""
+    from research.experiment import load_seen
+
+    seen = load_seen(run_dir)
+    candidates = np.asarray(seen.getnnz(axis=0) > 0).ravel()
+    scores = np.asarray(model.score(np.array([user])), dtype=np.float64).copy()
+    items, vals = top_k(mask_scores(scores, np.array([user]), seen, candidates), k)
+    row = seen[user]
+    hist_items, hist_ratings = row.indices, row.data
+    vecs = model.item_vectors() if hasattr(model, "item_vectors") else None
+    lines = [f"top {k} for user {meta.users.ids(user)} ({len(hist_items)} anime seen):"]
+    for rank, (i, s) in enumerate(zip(items[0], vals[0]), 1):
+        if i < 0:
+            continue
+        reason = _reason(model, int(i), hist_items, hist_ratings, vecs, meta)
+        lines.append(f"{rank:3d}. {meta.item_names([i])[0]} (id {meta.items.ids(i)})  score {s:.3f}  — {reason}")
+    return lines
+
+
+def _reason(model, item, hist_items, hist_ratings, vecs, meta) -> str:
+    if vecs is not None and len(hist_items):
+        v = np.asarray(vecs[item] if not hasattr(vecs, "toarray") else vecs[item].toarray().ravel(), np.float64)
+        h = vecs[hist_items]
+        h = np.asarray(h.toarray() if hasattr(h, "toarray") else h, np.float64)
+        sims = h @ v / (np.linalg.norm(h, axis=1) * (np.linalg.norm(v) or 1.0) + 1e-12)
+        weight = sims * np.where(hist_ratings > 0, hist_ratings, np.nanmean(hist_ratings) or 1.0)
+        j = int(np.argmax(weight))
+        rated = f"you rated {hist_ratings[j]:.0f}/10" if hist_ratings[j] > 0 else "you watched"
+        return f"close to {meta.item_names([hist_items[j]])[0]}, which {rated} (cosine {sims[j]:.2f})"
+    if hasattr(model, "reason"):
+        return model.reason(item)
+    return f"ranked by {type(model).__name__}"
