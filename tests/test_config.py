@@ -1,0 +1,58 @@
+"""Configs: inheritance, typed overrides, and one-line errors naming the key and file."""
+import pytest
+
+from research import config
+from research.errors import ConfigError
+from research.experiment import build_models
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_base_inheritance_and_override(tmp_path):
+    _write(tmp_path, "base.toml", 'experiment = "b"\nseeds = [0]\n[split]\ntest_fraction = 0.3\n[models.bias]\n')
+    child = _write(tmp_path, "c.toml", 'base = "base.toml"\nexperiment = "c"\n[split]\nkind = "user_holdout"\n')
+    cfg = config.load(child, ["seeds=[1,2]", "split.val_fraction=0.2", "models.bias.user_damping=7"])
+    assert cfg.experiment == "c" and cfg.seeds == (1, 2)
+    assert cfg.split.kind == "user_holdout" and cfg.split.test_fraction == 0.3 and cfg.split.val_fraction == 0.2
+    assert cfg.model("bias").params == {"user_damping": 7}
+
+
+def test_unknown_key_names_key_file_and_nearest(tmp_path):
+    p = _write(tmp_path, "bad.toml", "[split]\ntest_fracton = 0.3\n")
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert "split.test_fracton" in msg and "bad.toml" in msg and "split.test_fraction" in msg
+
+
+def test_unknown_top_level_key(tmp_path):
+    p = _write(tmp_path, "bad.toml", "sedes = [0]\n")
+    with pytest.raises(ConfigError, match="did you mean 'seeds'"):
+        config.load(p)
+
+
+def test_wrong_type(tmp_path):
+    p = _write(tmp_path, "bad.toml", '[eval]\nk = "ten"\n')
+    with pytest.raises(ConfigError, match="eval.k.*expected int"):
+        config.load(p)
+
+
+def test_unknown_model_and_parameter(tmp_path):
+    p = _write(tmp_path, "m.toml", "[models.item_knnn]\n")
+    with pytest.raises(ConfigError, match="did you mean 'item_knn'"):
+        build_models(config.load(p), 0)
+    p = _write(tmp_path, "m2.toml", "[models.bias]\nuser_dampng = 3\n")
+    with pytest.raises(ConfigError, match="did you mean 'user_damping'"):
+        build_models(config.load(p), 0)
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for p in sorted((Path(__file__).parent.parent / "experiments" / "configs").glob("*.toml")):
+        cfg = config.load(p)
+        assert cfg.experiment, p
