@@ -1,0 +1,92 @@
+"""The runner: run folders with every file, resume after a crash without refitting finished
+models, identical metrics for the same seed, and atomic files."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from research import config
+from research.data.interactions import build_dataset
+from research.experiment import load_model, load_run, run_seed
+from research.models import registry
+from research.models.baselines import Bias
+
+
+def _dataset():
+    r = np.random.default_rng(0)
+    n = 3000
+    u, i = r.integers(0, 80, n), r.integers(0, 120, n)
+    rating = np.clip(np.round(6 + r.normal(0, 1, 80)[u] + r.normal(0, 1, 120)[i]), 1, 10)
+    f = pd.DataFrame({"user": u * 7 + 3, "item": i * 11 + 1, "rating": rating}).drop_duplicates(["user", "item"])
+    return build_dataset(f, name="toy")
+
+
+def _cfg(tmp_path, models="[models.global_mean]\n[models.bias]\n[models.popularity]\n"):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    p = tmp_path / "c.toml"
+    p.write_text(f'experiment = "t"\nresults_dir = "{tmp_path / "results"}"\n{models}')
+    return config.load(p)
+
+
+class Crashing(Bias):
+    """Bias that crashes in fit once per process (to simulate a killed run)."""
+
+    crashed = False
+
+    def fit(self, train, val=None):
+        if not Crashing.crashed:
+            Crashing.crashed = True
+            raise RuntimeError("simulated crash")
+        return super().fit(train, val)
+
+
+def test_run_folder_contents_and_reload(tmp_path):
+    cfg = _cfg(tmp_path)
+    d = run_seed(cfg, _dataset(), 0, quiet=True)
+    for name in ("config.json", "env.json", "metrics.json", "per_user.csv", "table.md", "status.json", "meta.pkl",
+                 "seen.npz"):
+        assert (d / name).is_file(), name
+    m = json.loads((d / "metrics.json").read_text())
+    assert set(m) >= {"experiment", "dataset", "split", "seed", "models"}
+    assert list(m["models"]) == ["global_mean", "bias", "popularity"]
+    assert "ndcg@10" not in m["models"]["global_mean"] and "rmse" not in m["models"]["popularity"]
+    assert all("fit_seconds" in v for v in m["models"].values())
+    assert json.loads((d / "status.json").read_text())["status"] == "finished"
+    env = json.loads((d / "env.json").read_text())
+    assert env["seed"] == 0 and "numpy" in env["packages"]
+    meta, _, _ = load_run(d)
+    model = load_model(d, "bias", meta)
+    assert model.predict(np.array([0]), np.array([0])).shape == (1,)
+
+
+def test_same_seed_same_metrics(tmp_path):
+    ds = _dataset()
+    a = json.loads((run_seed(_cfg(tmp_path / "a"), ds, 0, quiet=True) / "metrics.json").read_text())
+    b = json.loads((run_seed(_cfg(tmp_path / "b"), ds, 0, quiet=True) / "metrics.json").read_text())
+    strip = lambda m: {n: {k: v for k, v in d.items() if not k.endswith("seconds")} for n, d in m["models"].items()}
+    assert strip(a) == strip(b)
+    c = json.loads((run_seed(_cfg(tmp_path / "c"), ds, 1, quiet=True) / "metrics.json").read_text())
+    assert strip(c) != strip(a)
+
+
+def test_resume_after_crash(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.MODELS, "crashing", f"{__name__}:Crashing")
+    cfg = _cfg(tmp_path, "[models.bias]\n[models.crashing]\n")
+    ds = _dataset()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_seed(cfg, ds, 0, quiet=True)
+    run_dir = next((tmp_path / "results" / "runs" / "t").iterdir())
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "running"  # the folder says it did not finish
+    partial = json.loads((run_dir / "metrics.json").read_text())
+    assert list(partial["models"]) == ["bias"]
+    first_fit = partial["models"]["bias"]["fit_seconds"]
+    d = run_seed(cfg, ds, 0, quiet=True)
+    assert d == run_dir
+    m = json.loads((d / "metrics.json").read_text())
+    assert list(m["models"]) == ["bias", "crashing"]
+    assert m["models"]["bias"]["fit_seconds"] == first_fit  # kept, not refitted
+    assert m["models"]["crashing"]["rmse"] == pytest.approx(m["models"]["bias"]["rmse"])
+    assert json.loads((d / "status.json").read_text())["status"] == "finished"
+    assert not list(d.glob(".*.tmp")) and not list(d.glob("*.tmp"))
