@@ -150,3 +150,11 @@ def test_save_load_roundtrip(fitted, split, tmp_path):
     back = type(m).load(tmp_path / "svd", split.meta)
     np.testing.assert_array_equal(back.predict(split.test.user, split.test.item),
                                   m.predict(split.test.user, split.test.item))
+
+
+def test_use_validation_fits_on_train_and_val(split):
+    a = registry.build("implicit_als", {**SMALL["implicit_als"], "use_validation": True}, seed=0).fit(split.train, split.val)
+    b = registry.build("implicit_als", SMALL["implicit_als"], seed=0).fit(split.train_val())
+    np.testing.assert_allclose(a.score(np.arange(5)), b.score(np.arange(5)), rtol=1e-5, atol=1e-6)
+    s = registry.build("surprise_svd", {"use_validation": True, "n_epochs": 2}, seed=0).fit(split.train, split.val)
+    assert s.algo.trainset.n_ratings == len(split.train_val().only_rated())

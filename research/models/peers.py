@@ -7,7 +7,10 @@
 
 Hyperparameters default to each library's own defaults (scikit-surprise 1.1.5, implicit 0.7.3),
 except where a docstring says otherwise, so "the peer" means what a user gets out of the box.
-Every model fits on the ``train`` part only (validation is ignored, like our non-Keras models).
+Every model fits on the ``train`` part only, unless ``use_validation=True``: then on train +
+validation. None of the peers early-stops, so a validation part is of no other use to them; the
+peers benchmark (``experiments/configs/bench_peers.toml``) sets it, giving each peer the same 80%
+of the data our Keras models use (70% to fit, 10% to stop) — the strongest honest peer.
 
 The libraries are imported inside this module only: the registry imports it lazily, so a run
 without peers never needs the ``peers`` extra.
@@ -47,6 +50,8 @@ class _SurpriseBase(Recommender):
         import pandas as pd
 
         self.meta = train.meta
+        if self.use_validation and val is not None and len(val):
+            train = train.concat(val)
         t = train.only_rated()
         if len(t) == 0:
             raise ValueError(f"{type(self).__name__}: no rated training rows")
@@ -144,12 +149,15 @@ class SurpriseSVD(_SurpriseFactors):
 
     Args:
         n_factors, n_epochs, lr_all, reg_all, init_std_dev: as ``surprise.SVD``.
+        use_validation: fit on train + validation (see the module docstring).
         seed: passed as ``random_state``.
     """
 
     def __init__(self, n_factors: int = 100, n_epochs: int = 20, lr_all: float = 0.005,
-                 reg_all: float = 0.02, init_std_dev: float = 0.1, seed: int = 0):
+                 reg_all: float = 0.02, init_std_dev: float = 0.1, use_validation: bool = False,
+                 seed: int = 0):
         super().__init__(seed)
+        self.use_validation = bool(use_validation)
         self.params = dict(n_factors=int(n_factors), n_epochs=int(n_epochs), lr_all=float(lr_all),
                            reg_all=float(reg_all), init_std_dev=float(init_std_dev))
 
@@ -165,12 +173,15 @@ class SurpriseSVDpp(_SurpriseFactors):
 
     Args:
         n_factors, n_epochs, lr_all, reg_all, init_std_dev: as ``surprise.SVDpp``.
+        use_validation: fit on train + validation (see the module docstring).
         seed: passed as ``random_state``.
     """
 
     def __init__(self, n_factors: int = 20, n_epochs: int = 20, lr_all: float = 0.007,
-                 reg_all: float = 0.02, init_std_dev: float = 0.1, seed: int = 0):
+                 reg_all: float = 0.02, init_std_dev: float = 0.1, use_validation: bool = False,
+                 seed: int = 0):
         super().__init__(seed)
+        self.use_validation = bool(use_validation)
         self.params = dict(n_factors=int(n_factors), n_epochs=int(n_epochs), lr_all=float(lr_all),
                            reg_all=float(reg_all), init_std_dev=float(init_std_dev))
 
@@ -207,11 +218,14 @@ class SurpriseKNNBaseline(_SurpriseBase):
     Args:
         k: max neighbours. min_k: fewer positive neighbours -> baseline only.
         shrinkage: pearson_baseline shrinkage (Surprise default 100).
+        use_validation: fit on train + validation (see the module docstring).
         seed: unused (the algorithm is deterministic); kept for the common signature.
     """
 
-    def __init__(self, k: int = 40, min_k: int = 1, shrinkage: int = 100, seed: int = 0):
+    def __init__(self, k: int = 40, min_k: int = 1, shrinkage: int = 100, use_validation: bool = False,
+                 seed: int = 0):
         super().__init__(seed)
+        self.use_validation = bool(use_validation)
         self.k, self.min_k, self.shrinkage = int(k), int(min_k), int(shrinkage)
 
     def _make_algo(self):
@@ -309,8 +323,9 @@ class _ImplicitBase(Recommender):
 
     predicts_ratings = False
 
-    def __init__(self, weighting: str = "binary", seed: int = 0):
+    def __init__(self, weighting: str = "binary", use_validation: bool = False, seed: int = 0):
         super().__init__(seed)
+        self.use_validation = bool(use_validation)
         if weighting not in ("binary", "rating"):
             raise ValueError(f"weighting must be 'binary' or 'rating', not {weighting!r}")
         self.weighting = weighting
@@ -327,6 +342,8 @@ class _ImplicitBase(Recommender):
 
     def fit(self, train: Interactions, val: Interactions | None = None) -> "_ImplicitBase":
         self.meta = train.meta
+        if self.use_validation and val is not None and len(val):
+            train = train.concat(val)
         model = self._make_model()
         model.fit(self._matrix(train), show_progress=False)
         if hasattr(model, "to_cpu"):  # a GPU model, should one be picked
@@ -357,12 +374,14 @@ class ImplicitALS(_ImplicitBase):
         factors, regularization, alpha, iterations: as ``implicit.als.AlternatingLeastSquares``.
         weighting: "binary" or "rating" (see the base class).
         num_threads: 0 = all cores (implicit's default).
+        use_validation: fit on train + validation (see the module docstring).
         seed: passed as ``random_state``.
     """
 
     def __init__(self, factors: int = 100, regularization: float = 0.01, alpha: float = 1.0,
-                 iterations: int = 15, weighting: str = "binary", num_threads: int = 0, seed: int = 0):
-        super().__init__(weighting, seed)
+                 iterations: int = 15, weighting: str = "binary", num_threads: int = 0,
+                 use_validation: bool = False, seed: int = 0):
+        super().__init__(weighting, use_validation, seed)
         self.params = dict(factors=int(factors), regularization=float(regularization), alpha=float(alpha),
                            iterations=int(iterations), num_threads=int(num_threads))
 
@@ -382,12 +401,14 @@ class ImplicitBPR(_ImplicitBase):
         factors, learning_rate, regularization, iterations: as implicit's BPR.
         weighting: "binary" or "rating" (see the base class; BPR only uses which entries exist).
         num_threads: 0 = all cores.
+        use_validation: fit on train + validation (see the module docstring).
         seed: passed as ``random_state``.
     """
 
     def __init__(self, factors: int = 100, learning_rate: float = 0.01, regularization: float = 0.01,
-                 iterations: int = 100, weighting: str = "binary", num_threads: int = 0, seed: int = 0):
-        super().__init__(weighting, seed)
+                 iterations: int = 100, weighting: str = "binary", num_threads: int = 0,
+                 use_validation: bool = False, seed: int = 0):
+        super().__init__(weighting, use_validation, seed)
         self.params = dict(factors=int(factors), learning_rate=float(learning_rate),
                            regularization=float(regularization), iterations=int(iterations),
                            num_threads=int(num_threads))
