@@ -1,0 +1,1 @@
+"""Keras / TensorFlow Recommenders models, each wrapped as a ``Recommender`` (import TensorFlow)."""

@@ -1,0 +1,525 @@
+"""What every Keras / TFRS model of the project shares: ``KerasRecommender`` and ``TFRSModel``.
+
+A Keras recommender is two objects:
+
+- a ``tf.keras.Model`` (usually a ``TFRSModel``: a ``tfrs.Model`` whose logged ``loss`` is the
+  epoch mean, not the last batch's) built by the subclass's ``build_model()``;
+- the ``KerasRecommender`` wrapper (a ``Recommender``) that seeds, builds the tf.data pipelines,
+  runs ``model.fit`` with early stopping, TensorBoard and resumable checkpoints, keeps the
+  per-epoch history as plain lists, and saves / loads weights plus constructor arguments.
+
+A subclass implements::
+
+    class MyModel(KerasRecommender):
+        monitor = "val_rmse"                  # what early stopping watches ("val_loss" by default)
+
+        def __init__(self, dim=32, ..., **common):      # every argument stored as self.<name>
+            super().__init__(**common); self.dim = dim
+
+        def prepare(self, train) -> dict:      # optional: json-able / numpy state from train data
+        def build_model(self) -> tf.keras.Model:        # uses self.meta, self.fit_state
+        def features(self, data, training) -> dict:     # optional: numpy columns for tf.data
+        def after_fit(self):                   # optional: pull numpy weights out for fast scoring
+        def score(self, users) -> np.ndarray:
+        def item_vectors(self) / user_vectors(self)     # optional
+
+Constructor contract (needed by ``save``/``load``, the registry and keras-tuner): every constructor
+argument is a plain value (int, float, str, bool, None, list) stored on the instance under the same
+name. Hyperparameters are therefore constructor arguments; ``fit(train, val, epochs=N)`` trains for
+exactly ``N`` epochs (Hyperband's resource) with early stopping unless ``early_stopping=False``.
+
+Logging and checkpoints (only when folders are set):
+
+- ``log_dir`` (set by the runner): TensorBoard scalars per epoch (``train/`` and ``validation/``:
+  ``epoch_loss``, ``epoch_rmse``, ...) and, after fit, the item-embedding projector
+  (``embedding.ckpt-1*``, ``metadata.tsv``, ``projector_config.pbtxt``) with anime names.
+- ``checkpoint_dir`` (constructor argument), else ``<log_dir>/../ckpt/<basename of log_dir>``:
+  ``tf.keras.callbacks.BackupAndRestore`` state after every epoch, plus the history and the
+  early-stopping state, so a fit interrupted after epoch ``e`` resumes at ``e + 1`` and ends exactly
+  where an uninterrupted fit would (same data order: the pipeline's order is a function of
+  ``(seed, epoch)``). The folder is emptied when a fit completes, and wiped if it holds the state of
+  a different configuration.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+import research  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from research.data import tfdata
+from research.data.interactions import Interactions, Meta
+from research.errors import ConfigError
+from research.models.base import Recommender
+from research.seeding import child_seed, seed_everything
+
+_STATE_FILE = "keras_model.json"
+_WEIGHTS_FILE = "weights.npz"
+_ARRAYS_FILE = "arrays.npz"
+
+
+class TFRSModel(tfrs.Model):
+    """A ``tfrs.Model`` whose ``loss`` log is the mean over the epoch's examples.
+
+    ``tfrs.Model.train_step`` reports the last batch's loss as ``loss``; here ``loss`` is a running
+    mean over the epoch, weighted by batch size (so for a per-example-mean loss it is the epoch's
+    per-example loss). Layer regularisation losses (``self.losses``) are included in ``loss``. Task metrics (e.g. ``rmse``) are logged as usual. Subclasses implement
+    ``compute_loss(inputs, training)`` and ``call(inputs)`` (predictions, for saving / loading).
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+
+    @staticmethod
+    def _batch_size(inputs):
+        return tf.cast(tf.shape(tf.nest.flatten(inputs)[0])[0], tf.float32)
+
+    def _step_logs(self, loss, reg, inputs):
+        n = self._batch_size(inputs)
+        self.loss_tracker.update_state(loss + reg, sample_weight=n)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, inputs):
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+            total = loss + reg
+        grads = tape.gradient(total, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._step_logs(loss, reg, inputs)
+
+    def test_step(self, inputs):
+        loss = self.compute_loss(inputs, training=False)
+        reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+        return self._step_logs(loss, reg, inputs)
+
+
+# ---- callbacks ----------------------------------------------------------------------------
+class _History(tf.keras.callbacks.Callback):
+    """Per-epoch logs as plain lists; persisted in ``state_dir`` so a resumed fit keeps them."""
+
+    def __init__(self, state_dir: Path | None):
+        super().__init__()
+        self.state_dir = state_dir
+        self.logs: dict[str, list] = {}
+        self._checked = False
+
+    def _path(self):
+        return self.state_dir / "history.json" if self.state_dir else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._checked:
+            return
+        self._checked = True
+        # resumed at ``epoch``: take the persisted entries of the epochs before it
+        p = self._path()
+        if epoch > 0 and p is not None and p.exists():
+            saved = json.loads(p.read_text())
+            if len(saved.get("epoch", [])) >= epoch:
+                self.logs = {k: v[:epoch] for k, v in saved.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.logs.setdefault("epoch", []).append(epoch + 1)
+        n = len(self.logs["epoch"])
+        for k, v in (logs or {}).items():
+            col = self.logs.setdefault(k, [])
+            col.extend([math.nan] * (n - 1 - len(col)))
+            col.append(float(v))
+        if self._path() is not None:
+            _write_json(self._path(), self.logs)
+
+
+class _EarlyStopping(tf.keras.callbacks.Callback):
+    """Early stopping on ``monitor`` that restores the best epoch's weights at the end of training,
+    and whose state (best value, epoch, wait, best weights) survives an interruption."""
+
+    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float, state_dir: Path | None):
+        super().__init__()
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, int(patience), float(min_delta)
+        self.state_dir = state_dir
+        self.best = math.inf if mode == "min" else -math.inf
+        self.best_epoch = -1
+        self.wait = 0
+        self.best_weights = None
+        self.stopped_epoch = -1
+        self._checked = False
+
+    def _better(self, value) -> bool:
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._checked:
+            return
+        self._checked = True
+        if epoch > 0 and self.state_dir is not None and (self.state_dir / "early_stopping.json").exists():
+            st = json.loads((self.state_dir / "early_stopping.json").read_text())
+            if st["epoch"] == epoch - 1:  # written at the end of the epoch the checkpoint holds
+                self.best, self.best_epoch, self.wait = st["best"], st["best_epoch"], st["wait"]
+                with np.load(self.state_dir / "best_weights.npz") as z:
+                    self.best_weights = [z[f"w{i}"] for i in range(len(z.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            raise ConfigError(f"early stopping monitors {self.monitor!r}, but the logs only have "
+                              f"{sorted(logs or {})}")
+        value = float(value)
+        if self._better(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best_weights = self.model.get_weights()
+            if self.state_dir is not None:
+                _save_npz(self.state_dir / "best_weights.npz", {f"w{i}": w for i, w in enumerate(self.best_weights)})
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                self.stopped_epoch = epoch
+                self.model.stop_training = True
+        if self.state_dir is not None:
+            _write_json(self.state_dir / "early_stopping.json",
+                        {"epoch": epoch, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait})
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
+    tmp.replace(path)
+
+
+def _save_npz(path: Path, arrays: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---- the wrapper --------------------------------------------------------------------------
+class KerasRecommender(Recommender):
+    """Base class of the Keras / TFRS recommenders (see the module docstring for the contract).
+
+    Args:
+        epochs: maximum training epochs.
+        batch_size: training batch size (large batches are much faster on CPU; raise the
+            learning rate with them).
+        learning_rate: Adam's step size.
+        patience: epochs without improvement of ``monitor`` on validation before stopping.
+        early_stopping: stop early (and keep the best epoch's weights) when a validation set is given.
+        min_delta: smallest change of ``monitor`` counted as an improvement.
+        jit_compile: XLA-compile the train step.
+        eval_batch_size: batch size for validation and batched inference.
+        checkpoint_dir: folder for resumable checkpoints ("" = derived from ``log_dir``, or none).
+        verbose: Keras' fit verbosity (0 silent, 2 one line per epoch).
+        seed: seeds TF, NumPy and Python at fit, and (via a child seed) the data order.
+    """
+
+    #: validation log watched by early stopping, and its direction
+    monitor: str = "val_loss"
+    monitor_mode: str = "min"
+    #: train only on rows with a rating (rating models); ranking models set False
+    rated_only: bool = True
+
+    def __init__(self, epochs: int = 20, batch_size: int = 8192, learning_rate: float = 1e-3, patience: int = 3,
+                 early_stopping: bool = True, min_delta: float = 0.0, jit_compile: bool = False,
+                 eval_batch_size: int = 65536, checkpoint_dir: str = "", verbose: int = 0, seed: int = 0):
+        super().__init__(seed)
+        if int(epochs) < 1:
+            raise ConfigError(f"epochs must be >= 1, got {epochs}")
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.learning_rate = float(learning_rate)
+        self.patience = int(patience)
+        self.early_stopping = bool(early_stopping)
+        self.min_delta = float(min_delta)
+        self.jit_compile = bool(jit_compile)
+        self.eval_batch_size = int(eval_batch_size)
+        self.checkpoint_dir = str(checkpoint_dir or "")
+        self.verbose = int(verbose)
+        self.model: tf.keras.Model | None = None
+        self.fit_state: dict = {}
+        #: per-epoch logs of the last fit as plain lists: "epoch" (1-based), "loss", "val_loss", ...
+        self.history: dict[str, list] = {}
+        self.fit_epochs = 0  # epochs trained in the last fit (including resumed ones)
+        self.best_epoch = 0  # 1-based epoch whose weights were kept (0: no early stopping)
+        self.fit_seconds = 0.0
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def prepare(self, train: Interactions) -> dict:
+        """Statistics of the training data the model needs (e.g. the mean rating). Values must be
+        json-able or numpy arrays; they are saved with the model and available as ``self.fit_state``."""
+        return {}
+
+    def build_model(self) -> tf.keras.Model:
+        """The (uncompiled) Keras model, from ``self.meta`` and ``self.fit_state``."""
+        raise NotImplementedError
+
+    def features(self, data: Interactions, training: bool) -> dict[str, np.ndarray]:
+        """Numpy feature columns for tf.data (default: ``user``, ``item``, ``rating``)."""
+        return tfdata.interaction_features(data, rated_only=self.rated_only)
+
+    def make_optimizer(self) -> tf.keras.optimizers.Optimizer:
+        """The optimizer (default: Adam at ``learning_rate``)."""
+        return tf.keras.optimizers.Adam(learning_rate=self.learning_rate)
+
+    def after_fit(self) -> None:
+        """Called after ``fit`` and ``load``: e.g. copy weights to numpy for fast scoring."""
+
+    # ---- config --------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        """Constructor arguments (including ``seed``), read back from the instance."""
+        out = {}
+        for cls in type(self).__mro__:
+            if cls is Recommender or "__init__" not in cls.__dict__:
+                continue
+            for name, p in inspect.signature(cls.__init__).parameters.items():
+                if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or name in out:
+                    continue
+                out[name] = getattr(self, name)
+        return out
+
+    def resolved_checkpoint_dir(self) -> Path | None:
+        """Where resumable checkpoints go: ``checkpoint_dir``, else ``<log_dir>/../ckpt/<name>``."""
+        if self.checkpoint_dir:
+            return Path(self.checkpoint_dir)
+        if self.log_dir:
+            log = Path(self.log_dir)
+            return log.parent / "ckpt" / log.name
+        return None
+
+    # ---- fitting -------------------------------------------------------------------------
+    def _compile(self) -> None:
+        self.model = self.build_model()
+        self.model.compile(optimizer=self.make_optimizer(), jit_compile=self.jit_compile)
+
+    def fit(self, train: Interactions, val: Interactions | None = None, *, epochs: int | None = None,
+            early_stopping: bool | None = None, callbacks=()) -> "KerasRecommender":
+        """Train from scratch (or resume an interrupted fit from the checkpoint folder).
+
+        Args:
+            train: training interactions.
+            val: validation interactions (early stopping and validation curves); optional.
+            epochs: override ``self.epochs`` (e.g. Hyperband's budget).
+            early_stopping: override ``self.early_stopping``.
+            callbacks: extra Keras callbacks, run after the built-in ones.
+
+        Returns:
+            self.
+        """
+        t0 = time.perf_counter()
+        epochs = self.epochs if epochs is None else int(epochs)
+        stop_early = self.early_stopping if early_stopping is None else bool(early_stopping)
+        seed_everything(self.seed, tensorflow=True)
+        self.meta = train.meta
+        self.fit_state = dict(self.prepare(train) or {})
+        self._compile()
+
+        feats = self.features(train, training=True)
+        if len(next(iter(feats.values()))) == 0:
+            raise ConfigError(f"{type(self).__name__}: no training rows (rated_only={self.rated_only})")
+        pipe = tfdata.from_arrays(feats, self.batch_size, seed=child_seed(self.seed, "tfdata"))
+        val_ds = None
+        if val is not None and len(val):
+            vf = self.features(val, training=False)
+            if len(next(iter(vf.values()))):
+                val_ds = tfdata.from_arrays(vf, self.eval_batch_size, shuffle=False).dataset()
+        stop_early = stop_early and val_ds is not None
+
+        ckpt = self.resolved_checkpoint_dir()
+        if ckpt is not None:
+            self._claim_checkpoint_dir(ckpt, train, epochs, stop_early)
+        hist = _History(ckpt)
+        cbs = [pipe.callback(), hist]
+        stopper = None
+        if stop_early:
+            monitor = self.monitor if self.monitor.startswith("val_") else "val_" + self.monitor
+            stopper = _EarlyStopping(monitor, self.monitor_mode, self.patience, self.min_delta, ckpt)
+            cbs.append(stopper)
+        if self.log_dir:
+            cbs.append(tf.keras.callbacks.TensorBoard(log_dir=str(self.log_dir), histogram_freq=0,
+                                                      write_graph=False, update_freq="epoch", profile_batch=0))
+        if ckpt is not None:
+            # last of the built-ins: the weights it saves at epoch end match the states saved above
+            cbs.append(tf.keras.callbacks.BackupAndRestore(str(ckpt / "backup"), save_freq="epoch",
+                                                           delete_checkpoint=True))
+        cbs.extend(callbacks)
+        self.model.fit(pipe.dataset(), validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=self.verbose)
+
+        self.history = hist.logs
+        self.fit_epochs = len(hist.logs.get("epoch", []))
+        self.best_epoch = (stopper.best_epoch + 1) if stopper is not None and stopper.best_epoch >= 0 else 0
+        if ckpt is not None:
+            shutil.rmtree(ckpt, ignore_errors=True)  # completed: nothing to resume
+        self.after_fit()
+        self.fit_seconds = time.perf_counter() - t0
+        if self.log_dir:
+            try:
+                self.export_projector()
+            except NotImplementedError:
+                pass
+        return self
+
+    def _claim_checkpoint_dir(self, ckpt: Path, train: Interactions, epochs: int, stop_early: bool) -> None:
+        """Keep ``ckpt`` only if it holds an interrupted fit of this exact configuration."""
+        fp = {"class": _class_path(type(self)), "config": self.get_config(), "epochs": epochs,
+              "early_stopping": stop_early, "n_users": train.n_users, "n_items": train.n_items,
+              "rows": len(train), "fit_state": {k: v for k, v in self.fit_state.items()
+                                                if not isinstance(v, np.ndarray)}}
+        fp = json.loads(json.dumps(fp, default=_json_default))
+        f = ckpt / "fingerprint.json"
+        if ckpt.exists():
+            same = f.exists() and json.loads(f.read_text()) == fp
+            if not same:
+                shutil.rmtree(ckpt)
+        ckpt.mkdir(parents=True, exist_ok=True)
+        _write_json(f, fp)
+
+    def extra_metrics(self) -> dict:
+        """Training bookkeeping: epochs run, the kept epoch, the best validation value."""
+        out = {"fit_epochs": self.fit_epochs}
+        if self.best_epoch:
+            out["best_epoch"] = self.best_epoch
+        return out
+
+    # ---- inference helpers ---------------------------------------------------------------
+    def _require_fitted(self):
+        if self.model is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+
+    def predict_features(self, feats: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
+        """Run ``self.model`` (its ``call``) over numpy feature columns in large batches."""
+        self._require_fitted()
+        n = len(next(iter(feats.values())))
+        b = batch_size or self.eval_batch_size
+        if not hasattr(self, "_call_fn"):
+            self._call_fn = tf.function(lambda x: self.model(x, training=False), jit_compile=self.jit_compile,
+                                        reduce_retracing=True)
+        out = [np.asarray(self._call_fn({k: tf.constant(v[s:s + b]) for k, v in feats.items()}))
+               for s in range(0, n, b)]
+        return np.concatenate(out).reshape(n, -1).squeeze(-1) if out else np.zeros(0, np.float32)
+
+    # ---- TensorBoard projector -----------------------------------------------------------
+    def export_projector(self, log_dir=None, items: np.ndarray | None = None) -> Path:
+        """Write the item embeddings for TensorBoard's projector, labelled with anime names.
+
+        Args:
+            log_dir: folder (default ``self.log_dir``).
+            items: item indices to include (default: items with a training interaction, since the
+                others keep their random initialisation).
+
+        Returns:
+            The folder written.
+        """
+        from tensorboard.plugins import projector
+
+        vecs = self.item_vectors()
+        if vecs is None:
+            raise NotImplementedError(f"{type(self).__name__} has no item vectors")
+        log_dir = Path(log_dir or self.log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if items is None:
+            trained = self.fit_state.get("trained_items")
+            items = np.flatnonzero(trained) if trained is not None else np.arange(len(vecs))
+        items = np.asarray(items, dtype=np.int64)
+        names = self.meta.item_names(items)
+        ids = self.meta.items.ids(items)
+        clean = lambda s: str(s).replace("\t", " ").replace("\n", " ").replace("\r", " ")  # noqa: E731
+        with open(log_dir / "metadata.tsv", "w", encoding="utf-8") as fh:
+            fh.write("name\tanime_id\n")
+            for name, i in zip(names, ids):
+                fh.write(f"{clean(name)}\t{i}\n")
+        weights = tf.Variable(np.asarray(vecs)[items].astype(np.float32), name="item_embedding")
+        tf.train.Checkpoint(embedding=weights).save(str(log_dir / "embedding.ckpt"))
+        config = projector.ProjectorConfig()
+        emb = config.embeddings.add()
+        emb.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+        emb.metadata_path = "metadata.tsv"
+        projector.visualize_embeddings(str(log_dir), config)
+        return log_dir
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write constructor arguments, fit state, history and weights under folder ``path``.
+
+        Files: ``keras_model.json`` (class, config, fit state, history), ``weights.npz`` (the Keras
+        model's weights, in ``model.weights`` order, with their names), ``arrays.npz`` (numpy fit state).
+        Reload with ``load(path, meta)`` in any process (``meta`` must be the same vocabularies).
+        """
+        self._require_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        arrays = {k: v for k, v in self.fit_state.items() if isinstance(v, np.ndarray)}
+        scalars = {k: v for k, v in self.fit_state.items() if not isinstance(v, np.ndarray)}
+        state = {"class": _class_path(type(self)), "config": self.get_config(), "fit_state": scalars,
+                 "array_keys": sorted(arrays), "history": self.history, "fit_epochs": self.fit_epochs,
+                 "best_epoch": self.best_epoch, "fit_seconds": self.fit_seconds,
+                 "n_users": self.meta.n_users, "n_items": self.meta.n_items,
+                 "weight_names": [w.name for w in self.model.weights]}
+        weights = self.model.get_weights()
+        _save_npz(path / _WEIGHTS_FILE, {f"w{i}": w for i, w in enumerate(weights)})
+        _save_npz(path / _ARRAYS_FILE, arrays)
+        _write_json(path / _STATE_FILE, state)
+
+    @classmethod
+    def load(cls, path, meta: Meta) -> "KerasRecommender":
+        """Rebuild a model written by ``save`` (works in a fresh process).
+
+        Args:
+            path: the folder given to ``save``.
+            meta: the run's vocabularies (must have the sizes the model was trained with).
+        """
+        import importlib
+
+        path = Path(path)
+        state = json.loads((path / _STATE_FILE).read_text())
+        module, name = state["class"].split(":")
+        klass = getattr(importlib.import_module(module), name)
+        if not issubclass(klass, cls):
+            raise TypeError(f"{path} holds a {state['class']}, not a {cls.__name__}")
+        if (meta.n_users, meta.n_items) != (state["n_users"], state["n_items"]):
+            raise ValueError(f"{path}: saved for {state['n_users']} users x {state['n_items']} items, "
+                             f"meta has {meta.n_users} x {meta.n_items}")
+        obj = klass(**state["config"])
+        obj.meta = meta
+        obj.fit_state = dict(state["fit_state"])
+        with np.load(path / _ARRAYS_FILE) as z:
+            obj.fit_state.update({k: z[k] for k in state["array_keys"]})
+        obj.history = state["history"]
+        obj.fit_epochs, obj.best_epoch = state["fit_epochs"], state["best_epoch"]
+        obj.fit_seconds = state.get("fit_seconds", 0.0)
+        obj.model = obj.build_model()
+        dummy = Interactions(np.zeros(1), np.zeros(1), np.ones(1), meta)
+        obj.model({k: tf.constant(v) for k, v in obj.features(dummy, training=False).items()})
+        with np.load(path / _WEIGHTS_FILE) as z:
+            weights = [z[f"w{i}"] for i in range(len(z.files))]
+        if len(weights) != len(obj.model.weights):
+            raise ValueError(f"{path}: {len(weights)} saved weights, the rebuilt model has {len(obj.model.weights)}")
+        obj.model.set_weights(weights)
+        obj.after_fit()
+        return obj
+
+
+def _class_path(klass) -> str:
+    return f"{klass.__module__}:{klass.__qualname__}"
