@@ -1,0 +1,700 @@
+"""``animerec tune``: keras-tuner searches over any registered model, scored by the one harness.
+
+keras-tuner 1.4 builds on Keras 3 and refuses the tf-keras / TFRS models this project uses as a
+``build(hp)`` result, so the search does not use a hypermodel at all: a ``keras_tuner.Tuner``
+subclass overrides ``run_trial`` to build the model from the registry, fit it on the split's
+train part (with the validation part for the model's own early stopping, if it has any), and score
+it with :func:`research.eval.harness.evaluate` on the **validation** part (train items excluded).
+The test part is never looked at during the search. Because the trial is just "build, fit,
+evaluate", the same tuner searches the classical models too (damping of ``bias``, neighbours and
+shrinkage of ``item_knn``, clusters of ``kmeans``).
+
+Decisions (and why):
+
+- **Search space**: ``[models.NAME.space]`` in the config, one entry per constructor argument:
+  ``{type="int"|"float", min, max[, step][, sampling="linear"|"log"|"reverse_log"]}``,
+  ``{type="choice", values=[...]}``, ``{type="boolean"}``. Names are checked against the model's
+  constructor (like the model's other arguments) before any data are loaded. A trial's values are
+  merged over the table's fixed arguments.
+- **Oracles**: ``random``, ``bayesian`` (Gaussian process; its random start is
+  ``max(3, min(3 x dims, max_trials // 2))`` points, so small budgets still reach the model-based
+  part) and ``hyperband``. Hyperband's resource is the Keras models' ``epochs`` argument, taken
+  from the trial's ``tuner/epochs`` value (``tune.max_epochs``, ``tune.hyperband_factor``).
+  Models without epochs (the classical ones) have no resource to allocate, so ``hyperband`` is a
+  ``ConfigError`` for them rather than a silent random search. Each Hyperband trial trains from
+  scratch for ``tuner/epochs`` epochs (no warm start from the previous round's weights: the
+  Recommender wrappers do not expose their weights to the tuner), which costs more epochs than
+  ideal Hyperband but keeps trials independent. ``tune.max_trials`` caps Hyperband's trials too.
+- **Seeds**: the search uses the config's first seed. The split is the runner's split for that
+  seed (``make_split(..., seed)``), and every trial's model gets ``child_seed(seed, NAME)`` — the
+  seed ``animerec run`` gives that model — so trials differ only in their hyperparameters (common
+  random numbers) and the untuned default is exactly the runner's model. The oracle samples with
+  its own child seed ``child_seed(seed, "tune-oracle/NAME")``.
+- **Folder**: ``results/runs/<experiment>/tune-<config hash>-seed<seed>/``. The hash is
+  :func:`research.experiment.config_hash` of the config with ``tune.max_trials`` and
+  ``tune.retrain_on_full`` blanked, so raising the trial budget extends the same search.
+- **Resume**: the keras-tuner project (``keras_tuner/`` in the folder) is reopened with
+  ``overwrite=False``: finished trials are kept, a trial that was running when the process died is
+  re-run (keras-tuner queues it for retry on reload), and a trial that failed is re-run too (so
+  a search only ever ends with every trial completed).
+- **Failures**: a failed trial (exception, or a non-finite objective) stops the search: tuning.json
+  is written with the trial's status ``FAILED`` and its error, then the trial's own exception is
+  raised (with a note naming the trial).
+- **Memory**: after each trial the model is dropped, ``tf.keras.backend.clear_session()`` runs
+  (TensorFlow is loaded by keras-tuner anyway) and ``gc.collect()``; the process RSS after that is
+  recorded per trial (``rss_mb``) so growth across trials is visible in tuning.json.
+- **TensorBoard**: each trial writes an HParams session (its hyperparameters, and its validation
+  metrics as scalars) under ``logs/trial_<id>/``, which is also the model's ``log_dir``; the
+  domains are declared once in ``logs/``. ``animerec tensorboard <tuning folder>`` shows them in
+  the HParams tab.
+- **Final refit** (``tune.retrain_on_full``): the best configuration and the untuned default
+  (the table's own arguments) are both refitted on train + validation with ``val=None`` — no
+  internal holdout, so neither loses data and they stay comparable; Keras models then train for
+  their (tuned) ``epochs`` without early stopping — and scored on test by the harness, next to
+  the trivial baselines (global mean, bias, popularity) refitted the same way. This writes
+  ``metrics.json`` (models ``NAME`` and ``NAME_tuned``), ``table.md``, and the refitted models with
+  ``meta.pkl``/``seen.npz`` so the folder works with ``animerec recommend --run``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import inspect
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from research import results as R
+from research.config import Config, ModelSpec
+from research.errors import ConfigError
+from research.models import registry
+from research.seeding import child_seed, seed_everything
+
+ORACLES = ("random", "bayesian", "hyperband")
+BASELINES = ("global_mean", "bias", "popularity")
+SPACE_TYPES = {"int": {"min", "max", "step", "sampling", "default"},
+               "float": {"min", "max", "step", "sampling", "default"},
+               "choice": {"values", "default"},
+               "boolean": {"default"}}
+# Harness metrics and the direction in which they improve.
+_RATING_METRICS = {"rmse": "min", "mae": "min"}
+_RANKING_METRICS = {"precision": "max", "recall": "max", "ndcg": "max", "map": "max", "hit_rate": "max",
+                    "coverage": "max", "novelty": "max"}
+_TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
+
+
+# ---------------------------------------------------------------------------------------------
+# config checks (no data, no TensorFlow)
+# ---------------------------------------------------------------------------------------------
+
+def tuned_spec(cfg: Config) -> ModelSpec:
+    """The ``[models.NAME]`` table to tune: ``tune.model``, or the config's only model."""
+    where = f" in {cfg.source_file}" if cfg.source_file else ""
+    if cfg.tune.model:
+        return cfg.model(cfg.tune.model)
+    if len(cfg.models) == 1:
+        return cfg.models[0]
+    if not cfg.models:
+        raise ConfigError(f"no [models.*] table to tune{where}")
+    raise ConfigError(f"tune.model is not set{where} and the config has {len(cfg.models)} models "
+                      f"({', '.join(m.name for m in cfg.models)}): name the one to tune")
+
+
+def _constructor_params(model_type: str) -> tuple[list[str], bool]:
+    cls = registry.model_class(model_type)
+    sig = inspect.signature(cls.__init__)
+    names = [p for p in sig.parameters if p not in ("self", "seed")]
+    has_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    return [n for n in names if sig.parameters[n].kind not in (inspect.Parameter.VAR_KEYWORD,
+                                                                inspect.Parameter.VAR_POSITIONAL)], has_kwargs
+
+
+def check_space(spec: ModelSpec, oracle: str = "random") -> dict:
+    """Validate ``[models.NAME.space]`` against the model's constructor and the oracle.
+
+    Returns:
+        The space, as a dict name -> entry (unchanged).
+
+    Raises:
+        ConfigError: naming the offending key (unknown parameter, unknown entry type or field,
+            a bad range, ``epochs`` searched under Hyperband, or Hyperband for a model without
+            epochs).
+    """
+    import difflib
+
+    key = f"models.{spec.name}.space"
+    if not isinstance(spec.space, dict) or not spec.space:
+        raise ConfigError(f"[{key}] is missing or empty: nothing to tune (e.g. "
+                          f"user_damping = {{type=\"float\", min=0, max=50}})")
+    valid, has_kwargs = _constructor_params(spec.type)
+    for name, entry in spec.space.items():
+        where = f"{key}.{name}"
+        if name not in valid and not has_kwargs:
+            near = difflib.get_close_matches(name, valid, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else f" (valid: {', '.join(valid)})"
+            raise ConfigError(f"{where}: model {spec.type!r} has no parameter {name!r}{hint}")
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table like {{type=\"int\", min=1, max=10}}, got {entry!r}")
+        typ = entry.get("type")
+        if typ not in SPACE_TYPES:
+            raise ConfigError(f"{where}.type: expected one of {', '.join(SPACE_TYPES)}, got {typ!r}")
+        extra = set(entry) - SPACE_TYPES[typ] - {"type"}
+        if extra:
+            raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(extra))} for type {typ!r} "
+                              f"(valid: {', '.join(sorted(SPACE_TYPES[typ]))})")
+        if typ in ("int", "float"):
+            for f in ("min", "max"):
+                if f not in entry:
+                    raise ConfigError(f"{where}: {typ} needs {f!r}")
+                v = entry[f]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ == "int" and not isinstance(v, int)):
+                    raise ConfigError(f"{where}.{f}: expected {'an integer' if typ == 'int' else 'a number'}, got {v!r}")
+            if entry["min"] >= entry["max"]:
+                raise ConfigError(f"{where}: min ({entry['min']}) must be below max ({entry['max']})")
+            sampling = entry.get("sampling", "linear")
+            if sampling not in ("linear", "log", "reverse_log"):
+                raise ConfigError(f"{where}.sampling: expected linear, log or reverse_log, got {sampling!r}")
+            if sampling != "linear" and entry["min"] <= 0:
+                raise ConfigError(f"{where}: {sampling} sampling needs min > 0, got {entry['min']}")
+        if typ == "choice":
+            values = entry.get("values")
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"{where}.values: expected a non-empty list")
+            kinds = {type(v) for v in values}
+            if len(kinds) > 1 and kinds != {int, float}:
+                raise ConfigError(f"{where}.values: all values must have one type, got {values!r}")
+    if oracle == "hyperband":
+        if spec.type not in registry.KERAS_MODELS or "epochs" not in valid:
+            raise ConfigError(f"tune.oracle = \"hyperband\" allocates training epochs, and model "
+                              f"{spec.name!r} ({spec.type}) has none: use \"random\" or \"bayesian\"")
+        if "epochs" in spec.space:
+            raise ConfigError(f"{key}.epochs: under tune.oracle = \"hyperband\" the epochs are "
+                              f"Hyperband's resource (tune.max_epochs), not a searched parameter")
+    return spec.space
+
+
+def check_objective(cfg: Config, spec: ModelSpec) -> tuple[str, str]:
+    """The (objective, direction) of the search, checked against what the harness measures for
+    this model. A direction opposite to the metric's is an error (minimising ndcg is a typo)."""
+    obj, direction = cfg.tune.objective, cfg.tune.direction
+    if direction not in ("min", "max"):
+        raise ConfigError(f"tune.direction: expected \"min\" or \"max\", got {direction!r}")
+    k = cfg.eval.k
+    valid = dict(_RATING_METRICS)
+    valid.update({f"{m}@{k}": d for m, d in _RANKING_METRICS.items()})
+    if obj not in valid:
+        import difflib
+
+        near = difflib.get_close_matches(obj, valid, n=1)
+        raise ConfigError(f"tune.objective: {obj!r} is not a harness metric"
+                          + (f" (did you mean {near[0]!r}?)" if near else f" (valid: {', '.join(valid)})"))
+    cls = registry.model_class(spec.type)
+    if obj in _RATING_METRICS and not getattr(cls, "predicts_ratings", False):
+        raise ConfigError(f"tune.objective = {obj!r}, but model {spec.name!r} does not predict ratings "
+                          f"(tune a ranking metric, e.g. ndcg@{k}, with direction \"max\")")
+    if obj not in _RATING_METRICS and not getattr(cls, "ranks", True):
+        raise ConfigError(f"tune.objective = {obj!r}, but model {spec.name!r} does not rank items")
+    if valid[obj] != direction:
+        raise ConfigError(f"tune.direction = {direction!r} for {obj}, which is better when "
+                          f"{'lower' if valid[obj] == 'min' else 'higher'}: set tune.direction = \"{valid[obj]}\"")
+    return obj, direction
+
+
+def tuning_dir(cfg: Config, seed: int) -> Path:
+    """``results/runs/<experiment>/tune-<hash>-seed<seed>``; the hash ignores the trial budget and
+    ``retrain_on_full`` so that a larger ``max_trials`` extends the same search."""
+    from research.experiment import config_hash
+
+    blank = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
+    return R.runs_root(cfg.results_path) / cfg.experiment / f"tune-{config_hash(blank)}-seed{seed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# keras-tuner pieces (imported lazily: keras-tuner imports Keras 3 and TensorFlow)
+# ---------------------------------------------------------------------------------------------
+
+def _hyperparameters(space: dict):
+    import keras_tuner as kt
+
+    hps = kt.HyperParameters()
+    for name, e in space.items():
+        try:
+            if e["type"] == "int":
+                hps.Int(name, e["min"], e["max"], step=e.get("step"), sampling=e.get("sampling", "linear"),
+                        default=e.get("default"))
+            elif e["type"] == "float":
+                hps.Float(name, float(e["min"]), float(e["max"]), step=e.get("step"),
+                          sampling=e.get("sampling", "linear"), default=e.get("default"))
+            elif e["type"] == "choice":
+                hps.Choice(name, e["values"], default=e.get("default"))
+            else:
+                hps.Boolean(name, default=bool(e.get("default", False)))
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"space entry {name!r}: {exc}") from None
+    return hps
+
+
+def _oracle(cfg: Config, spec: ModelSpec, objective: str, direction: str, seed: int):
+    import keras_tuner as kt
+
+    obj = kt.Objective(objective, direction)
+    hps = _hyperparameters(spec.space)
+    oseed = child_seed(seed, f"tune-oracle/{spec.name}") or 1  # keras-tuner treats seed 0 as "random"
+    max_trials = int(cfg.tune.max_trials)
+    if max_trials < 1:
+        raise ConfigError(f"tune.max_trials: expected >= 1, got {max_trials}")
+    common = dict(objective=obj, hyperparameters=hps, seed=oseed, max_retries_per_trial=0)
+    if cfg.tune.oracle == "random":
+        return kt.oracles.RandomSearchOracle(max_trials=max_trials, **common)
+    if cfg.tune.oracle == "bayesian":
+        initial = max(3, min(3 * len(spec.space), max_trials // 2))
+        return kt.oracles.BayesianOptimizationOracle(max_trials=max_trials, num_initial_points=initial, **common)
+    if cfg.tune.oracle == "hyperband":
+        if cfg.tune.max_epochs < 1 or cfg.tune.hyperband_factor < 2:
+            raise ConfigError("tune.max_epochs must be >= 1 and tune.hyperband_factor >= 2 for hyperband")
+        o = kt.oracles.HyperbandOracle(max_epochs=int(cfg.tune.max_epochs), factor=int(cfg.tune.hyperband_factor),
+                                       hyperband_iterations=1, **common)
+        o.max_trials = max_trials  # a cap: Hyperband itself has no max_trials
+        return o
+    raise ConfigError(f"tune.oracle: expected one of {', '.join(ORACLES)}, got {cfg.tune.oracle!r}")
+
+
+def rss_mb() -> float | None:
+    """Resident memory of this process in MB (Linux /proc), or None where unavailable."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def _release_memory() -> None:
+    """Drop what the finished trial left behind: Keras graph state, then Python garbage."""
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        tf.keras.backend.clear_session()
+    gc.collect()
+
+
+def _finite_metrics(metrics: dict) -> dict:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            continue
+        if math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def _hparams_config(logdir: Path, space: dict, objective: str, hyperband: bool, metric_names) -> None:
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    hparams = []
+    for name, e in space.items():
+        if e["type"] == "int":
+            dom = hp_api.IntInterval(int(e["min"]), int(e["max"]))
+        elif e["type"] == "float":
+            dom = hp_api.RealInterval(float(e["min"]), float(e["max"]))
+        elif e["type"] == "choice":
+            dom = hp_api.Discrete(list(e["values"]))
+        else:
+            dom = hp_api.Discrete([False, True])
+        hparams.append(hp_api.HParam(name, dom))
+    if hyperband:
+        hparams.append(hp_api.HParam("epochs", hp_api.IntInterval(1, 10_000)))
+    metrics = [hp_api.Metric(objective, display_name=f"val {objective} (objective)")]
+    metrics += [hp_api.Metric(m, display_name=f"val {m}") for m in metric_names if m != objective]
+    with tf.summary.create_file_writer(str(logdir)).as_default():
+        hp_api.hparams_config(hparams=hparams, metrics=metrics)
+
+
+def _hparams_log(logdir: Path, trial_id: str, values: dict, metrics: dict) -> None:
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp_api
+
+    writer = tf.summary.create_file_writer(str(logdir))
+    with writer.as_default():
+        hp_api.hparams({k: v for k, v in values.items()}, trial_id=trial_id)
+        for k, v in metrics.items():
+            tf.summary.scalar(k, v, step=0)
+    writer.flush()
+    writer.close()
+
+
+_TUNER_CLASS = None
+
+
+def _tuner_class():
+    """The ``keras_tuner.Tuner`` subclass (defined on first use, after keras-tuner is imported)."""
+    global _TUNER_CLASS
+    if _TUNER_CLASS is not None:
+        return _TUNER_CLASS
+    import keras_tuner as kt
+
+    class HarnessTuner(kt.Tuner):
+        """Each trial: build the registered model with the trial's values over the config's
+        arguments, fit on train (validation for early stopping), score on validation with the
+        harness. Returns every finite harness metric; the oracle reads the objective from it."""
+
+        def __init__(self, oracle, *, ctx: "_Context", **kwargs):
+            super().__init__(oracle=oracle, hypermodel=None, **kwargs)
+            self.ctx = ctx
+            self.failure: BaseException | None = None
+
+        def run_trial(self, trial, split, **_search_kwargs):  # search()'s verbose= lands here
+            ctx = self.ctx
+            tid = trial.trial_id
+            values = dict(trial.hyperparameters.values)
+            searched = {k: v for k, v in values.items() if k not in _TUNER_KEYS}
+            params = {**ctx.spec.params, **searched}
+            logged = dict(searched)
+            if "tuner/epochs" in values:  # Hyperband's resource
+                params["epochs"] = int(values["tuner/epochs"])
+                logged["epochs"] = params["epochs"]
+            trial_logs = ctx.out / "logs" / f"trial_{tid}"
+            record = {"trial_id": tid, "hyperparameters": logged, "params": params, "status": "RUNNING",
+                      "started": time.time()}
+            t_start = time.perf_counter()
+            model = None
+            try:
+                if trial_logs.exists():  # a re-run of a killed or failed trial starts clean
+                    shutil.rmtree(trial_logs)
+                if ctx.trial_hook is not None:
+                    ctx.trial_hook(tid, dict(params))
+                model = registry.build(ctx.spec.type, params, ctx.model_seed,
+                                       where=f" (trial {tid} of models.{ctx.spec.name})")
+                model.log_dir = str(trial_logs)
+                t0 = time.perf_counter()
+                model.fit(split.train, split.val)
+                fit_seconds = time.perf_counter() - t0
+                res = ctx.evaluate(model, split, part="val")
+                metrics = {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
+                value = metrics.get(ctx.objective)
+                if value is None or not math.isfinite(float(value)):
+                    raise FloatingPointError(f"objective {ctx.objective} is {value!r} on validation "
+                                             f"(absent or not finite: did the model diverge?)")
+            except Exception as exc:
+                record.update(status="FAILED", error=f"{type(exc).__name__}: {exc}",
+                              seconds=time.perf_counter() - t_start)
+                self.failure = exc
+                del model
+                _release_memory()
+                record["rss_mb"] = rss_mb()
+                ctx.write_record(tid, record)
+                raise
+            del model
+            _release_memory()
+            record.update(status="COMPLETED", objective=float(value), metrics=metrics,
+                          seconds=time.perf_counter() - t_start, rss_mb=rss_mb())
+            _hparams_log(trial_logs, tid, logged, _finite_metrics({k: metrics[k] for k in ctx.metric_names
+                                                                    if k in metrics}))
+            ctx.write_record(tid, record)
+            ctx.progress(record)
+            return _finite_metrics(metrics)
+
+        def on_trial_end(self, trial):
+            super().on_trial_end(trial)  # the oracle records the status and saves its state
+            if trial.status != "COMPLETED":
+                exc = self.failure or RuntimeError(f"trial {trial.trial_id} ended {trial.status}: "
+                                                   f"{trial.message or ''}")
+                self.failure = None
+                self.ctx.write_summary(self.oracle, status="failed")
+                if hasattr(exc, "add_note"):
+                    exc.add_note(f"(tuning trial {trial.trial_id} of models.{self.ctx.spec.name}, "
+                                 f"hyperparameters {trial.hyperparameters.values}; see "
+                                 f"{self.ctx.out / 'tuning.json'})")
+                raise exc
+
+        # keras-tuner's Keras-model plumbing does not apply: the models save themselves.
+        def save_model(self, trial_id, model, step=0):
+            pass
+
+        def load_model(self, trial):
+            raise NotImplementedError("refit the best hyperparameters instead (tuning.json)")
+
+    _TUNER_CLASS = HarnessTuner
+    return HarnessTuner
+
+
+@dataclasses.dataclass
+class _Context:
+    cfg: Config
+    spec: ModelSpec
+    out: Path
+    objective: str
+    direction: str
+    seed: int
+    model_seed: int
+    meta: dict
+    trial_hook: Callable | None = None
+    quiet: bool = False
+
+    @property
+    def project(self) -> Path:
+        return self.out / "keras_tuner"
+
+    @property
+    def metric_names(self) -> list[str]:
+        k = self.cfg.eval.k
+        return [*_RATING_METRICS, *(f"{m}@{k}" for m in _RANKING_METRICS)]
+
+    def evaluate(self, model, split, part: str):
+        from research.eval.harness import evaluate
+
+        e = self.cfg.eval
+        return evaluate(model, split, k=e.k, part=part, batch_users=e.batch_users,
+                        relevance_threshold=e.relevance_threshold)
+
+    def _record_path(self, tid: str) -> Path:
+        return self.project / f"trial_{tid}" / "animerec.json"
+
+    def write_record(self, tid: str, record: dict) -> None:
+        R.write_json(self._record_path(tid), record)
+
+    def read_record(self, tid: str) -> dict:
+        p = self._record_path(tid)
+        return R.read_json(p) if p.is_file() else {}
+
+    def progress(self, rec: dict) -> None:
+        if self.quiet:
+            return
+        hp = ", ".join(f"{k}={_short(v)}" for k, v in rec["hyperparameters"].items())
+        rss = f", rss {rec['rss_mb']:.0f} MB" if rec.get("rss_mb") else ""
+        print(f"[animerec] tune {self.spec.name} trial {rec['trial_id']}: {hp} -> val {self.objective} = "
+              f"{rec['objective']:.4f} ({rec['seconds']:.1f} s{rss})", file=sys.stderr, flush=True)
+
+    def trials(self, oracle) -> list[dict]:
+        rows = []
+        order = list(dict.fromkeys(list(oracle.start_order) + sorted(oracle.trials)))
+        for tid in order:
+            t = oracle.trials[tid]
+            rec = self.read_record(tid)
+            status = t.status if t.status != "INVALID" else "FAILED"
+            if rec.get("status") == "FAILED" and status == "RUNNING":
+                status = "FAILED"
+            row = {"trial_id": tid, "status": status,
+                   "hyperparameters": rec.get("hyperparameters",
+                                              {k: v for k, v in t.hyperparameters.values.items()
+                                               if k not in _TUNER_KEYS}),
+                   "objective": t.score if status == "COMPLETED" else None}
+            for key in ("metrics", "seconds", "rss_mb", "error"):
+                if key in rec:
+                    row[key] = rec[key]
+            rows.append(row)
+        return rows
+
+    def best(self, oracle) -> dict | None:
+        done = [t for t in oracle.trials.values() if t.status == "COMPLETED" and t.score is not None]
+        if not done:
+            return None
+        # keras-tuner's own ranking, ties broken by the earlier trial
+        sign = 1.0 if self.direction == "min" else -1.0
+        order = {tid: i for i, tid in enumerate(oracle.start_order)}
+        t = min(done, key=lambda t: (sign * t.score, order.get(t.trial_id, 0)))
+        rec = self.read_record(t.trial_id)
+        hp = rec.get("hyperparameters", {k: v for k, v in t.hyperparameters.values.items() if k not in _TUNER_KEYS})
+        return {"trial_id": t.trial_id, "hyperparameters": hp, "params": {**self.spec.params, **hp},
+                "objective": self.objective, "value": t.score}
+
+    def write_summary(self, oracle, status: str) -> dict:
+        trials = self.trials(oracle)
+        summary = {**self.meta, "status": status, "trials": trials, "best": self.best(oracle),
+                   "n_completed": sum(r["status"] == "COMPLETED" for r in trials),
+                   "search_seconds": sum(r.get("seconds", 0.0) for r in trials),
+                   "max_rss_mb": max((r["rss_mb"] for r in trials if r.get("rss_mb")), default=None)}
+        R.write_json(self.out / "tuning.json", summary)
+        return summary
+
+
+def _short(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _requeue_failed(oracle) -> int:
+    """Send trials that failed in an earlier invocation back to the oracle's retry queue (keras-tuner
+    itself only re-queues the ones that were running when the process died)."""
+    n = 0
+    for tid, t in oracle.trials.items():
+        if t.status in ("FAILED", "INVALID") and tid not in oracle._retry_queue:
+            if tid in oracle.end_order:
+                oracle.end_order.remove(tid)
+            oracle._run_times[tid] = 0
+            t.score = None
+            oracle._retry_queue.append(tid)
+            n += 1
+    return n
+
+
+# ---------------------------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------------------------
+
+def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable | None = None) -> Path:
+    """Run (or resume) the search of ``cfg.tune`` and, if asked, the final refit on train+validation.
+
+    Args:
+        cfg: the experiment config; ``cfg.tune`` and ``[models.NAME.space]`` describe the search.
+        dataset: an already loaded ``Dataset`` (default: ``load_dataset(cfg)``).
+        quiet: no progress lines or table on the terminal.
+        trial_hook: called as ``hook(trial_id, params)`` at the start of every trial, before the
+            model is built (for tests: raise to make a trial fail or to simulate a kill).
+
+    Returns:
+        The tuning folder (``tuning.json``; with ``retrain_on_full`` also ``metrics.json`` and
+        ``table.md``).
+
+    Raises:
+        ConfigError: a bad space, oracle, objective or model argument (before any data are read).
+        Exception: the exception of a failed trial, after tuning.json records it as FAILED.
+    """
+    from research.data.splits import make_split
+
+    spec = tuned_spec(cfg)
+    oracle_name = cfg.tune.oracle
+    if oracle_name not in ORACLES:
+        raise ConfigError(f"tune.oracle: expected one of {', '.join(ORACLES)}, got {oracle_name!r}")
+    check_space(spec, oracle_name)
+    objective, direction = check_objective(cfg, spec)
+    seed = int(cfg.seeds[0]) if cfg.seeds else 0
+    model_seed = child_seed(seed, spec.name)
+    registry.build(spec.type, dict(spec.params), model_seed, where=f" (models.{spec.name})")  # arg errors now
+    if len(cfg.seeds) > 1 and not quiet:
+        print(f"[animerec] tune: searching on the first seed ({seed}) of {list(cfg.seeds)}", file=sys.stderr)
+
+    if dataset is None:
+        from research.data.load import load_dataset
+
+        dataset = load_dataset(cfg, quiet=quiet)
+    seed_everything(seed)
+    split = make_split(dataset.interactions, cfg.split, seed)
+    out = tuning_dir(cfg, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    R.write_json(out / "status.json", {"status": "running", "started": time.time()})
+    R.write_json(out / "config.json", {**cfg.to_dict(), "seed": seed})
+    R.write_json(out / "env.json", R.environment(seed))
+
+    meta = {"experiment": cfg.experiment, "dataset": dataset.name, "split": split.name, "seed": seed,
+            "model": spec.name, "type": spec.type, "model_seed": model_seed, "oracle": oracle_name,
+            "objective": objective, "direction": direction, "scored_on": "validation",
+            "max_trials": cfg.tune.max_trials, "space": spec.space, "fixed_params": spec.params,
+            "rows": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
+    if oracle_name == "hyperband":
+        meta.update(max_epochs=cfg.tune.max_epochs, hyperband_factor=cfg.tune.hyperband_factor)
+    ctx = _Context(cfg=cfg, spec=spec, out=out, objective=objective, direction=direction, seed=seed,
+                   model_seed=model_seed, meta=meta, trial_hook=trial_hook, quiet=quiet)
+
+    oracle = _oracle(cfg, spec, objective, direction, seed)
+    Tuner = _tuner_class()
+    tuner = Tuner(oracle, ctx=ctx, directory=str(out), project_name="keras_tuner", overwrite=False)
+    oracle = tuner.oracle
+    done_before = sum(t.status == "COMPLETED" for t in oracle.trials.values())
+    _requeue_failed(oracle)
+    pending = list(oracle._retry_queue)
+    if (done_before or pending) and not quiet:
+        print(f"[animerec] resuming {out}: {done_before} trial(s) done, re-running {len(pending)} "
+              f"({', '.join(pending) or 'none'})", file=sys.stderr)
+    _hparams_config(out / "logs", spec.space, objective, oracle_name == "hyperband", ctx.metric_names)
+
+    t0 = time.perf_counter()
+    status = "interrupted"
+    try:
+        tuner.search(split, verbose=0)
+        status = "searched"
+    finally:
+        if status != "searched":
+            # a failed trial has already written tuning.json (status "failed"); an interrupt has not
+            summary_path = out / "tuning.json"
+            failed = summary_path.is_file() and R.read_json(summary_path).get("status") == "failed"
+            if not failed:
+                ctx.write_summary(oracle, status="interrupted")
+    summary = ctx.write_summary(oracle, status="finished")
+    bad = [r for r in summary["trials"] if r["status"] != "COMPLETED"]
+    if bad:  # cannot happen through run_trial (it raises); guards oracle surprises
+        raise RuntimeError(f"tuning trials not completed: {[(r['trial_id'], r['status']) for r in bad]}")
+    best = summary["best"]
+    if not quiet:
+        print(f"[animerec] tune {spec.name}: {summary['n_completed']} trials in "
+              f"{time.perf_counter() - t0:.1f} s this session; best trial {best['trial_id']}: "
+              f"{best['hyperparameters']} -> val {objective} = {best['value']:.4f}", file=sys.stderr)
+
+    if cfg.tune.retrain_on_full:
+        _refit(ctx, dataset, split, best, quiet=quiet)
+    R.write_json(out / "status.json", {"status": "finished", "finished": time.time()})
+    return out
+
+
+def _refit(ctx: _Context, dataset, split, best: dict, quiet: bool = False) -> None:
+    """Refit default, tuned and baselines on train + validation; score on test; write the table."""
+    import pickle
+
+    import pandas as pd
+
+    from research.experiment import save_seen
+    from research.report import markdown_table
+
+    cfg, spec, out = ctx.cfg, ctx.spec, ctx.out
+    train_val = split.train_val()
+    tuned_params = dict(best["params"])
+    rows = []  # (name, type, params, seed)
+    for b in BASELINES:
+        params = next((dict(m.params) for m in cfg.models if m.name == b and m.type == b), {})
+        rows.append((b, b, params, child_seed(ctx.seed, b)))
+    if spec.name not in BASELINES:
+        rows.append((spec.name, spec.type, dict(spec.params), ctx.model_seed))
+    rows.append((f"{spec.name}_tuned", spec.type, tuned_params, ctx.model_seed))
+
+    with open(out / "meta.pkl.tmp", "wb") as fh:
+        pickle.dump(dataset.meta, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    (out / "meta.pkl.tmp").replace(out / "meta.pkl")
+    save_seen(out, train_val)
+
+    metrics = {"experiment": cfg.experiment, "dataset": dataset.name, "split": split.name, "seed": ctx.seed,
+               "rows": {"train": len(train_val), "val": 0, "test": len(split.test)},
+               "fitted_on": "train+validation", "scored_on": "test",
+               "tuned": {"model": spec.name, "trial_id": best["trial_id"],
+                         "hyperparameters": best["hyperparameters"], "objective": ctx.objective,
+                         "val_value": best["value"]},
+               "models": {}}
+    per_user = []
+    run_cfg = cfg.to_dict()
+    run_cfg["models"] = {name: {"type": typ, **params} for name, typ, params, _ in rows}
+    R.write_json(out / "config.json", {**run_cfg, "seed": ctx.seed, "tuned_from": cfg.to_dict()["models"]})
+    for name, typ, params, mseed in rows:
+        if not quiet:
+            print(f"[animerec] refit on train+validation: {name} ...", file=sys.stderr, flush=True)
+        model = registry.build(typ, params, mseed, where=f" (refit of {name})")
+        model.log_dir = str(out / "logs" / f"refit_{name}")
+        if Path(model.log_dir).exists():
+            shutil.rmtree(model.log_dir)
+        t0 = time.perf_counter()
+        model.fit(train_val, None)
+        fit_seconds = time.perf_counter() - t0
+        res = ctx.evaluate(model, split, part="test")
+        metrics["models"][name] = {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
+        model.save(out / "models" / name)
+        per_user.append(res.per_user.assign(model=name))
+        del model
+        _release_memory()
+        R.write_json(out / "metrics.json", metrics)
+    R.atomic_write_text(out / "per_user.csv", pd.concat(per_user, ignore_index=True).to_csv(index=False))
+    table = markdown_table([metrics["models"]], cfg.eval.k)
+    R.atomic_write_text(out / "table.md", table)
+    if not quiet:
+        hp = ", ".join(f"{k}={_short(v)}" for k, v in best["hyperparameters"].items())
+        print(f"\n{cfg.experiment} — {dataset.name}, {split.name}; refit on train+validation, scored on test\n"
+              f"{spec.name}_tuned: {hp} (trial {best['trial_id']}, val {ctx.objective} = {best['value']:.4f})\n\n"
+              f"{table}\ntuning folder: {out}")
+
+
+__all__ = ["tune", "check_space", "check_objective", "tuned_spec", "tuning_dir", "rss_mb"]

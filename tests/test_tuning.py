@@ -1,0 +1,228 @@
+"""The tuner: trials scored on validation (never test) through the harness, resume without repeating
+finished trials (a larger budget, a killed trial, a failed trial), failures raise and are recorded,
+config errors name the key. keras-tuner imports TensorFlow, so the searches are marked ``keras``;
+the config checks are not."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from research import config
+from research.data.interactions import build_dataset
+from research.data.splits import make_split
+from research.errors import ConfigError
+from research.eval.harness import evaluate
+from research.models.baselines import Bias
+from research.seeding import child_seed
+
+SPACE = ('[models.bias.space]\n'
+         'user_damping = {type="float", min=0.0, max=50.0}\n'
+         'item_damping = {type="float", min=0.1, max=100.0, sampling="log"}\n')
+
+
+def _dataset():
+    r = np.random.default_rng(0)
+    n = 3000
+    u, i = r.integers(0, 80, n), r.integers(0, 120, n)
+    rating = np.clip(np.round(6 + r.normal(0, 1, 80)[u] + r.normal(0, 1, 120)[i] + r.normal(0, 1, n)), 1, 10)
+    f = pd.DataFrame({"user": u * 7 + 3, "item": i * 11 + 1, "rating": rating}).drop_duplicates(["user", "item"])
+    return build_dataset(f, name="toy")
+
+
+def _cfg(tmp_path, tune="", models="[models.bias]\n" + SPACE, retrain=False):
+    p = tmp_path / "c.toml"
+    p.write_text(f'experiment = "t"\nresults_dir = "{tmp_path / "results"}"\n'
+                 f'[tune]\nretrain_on_full = {str(retrain).lower()}\n{tune}\n{models}')
+    return config.load(p)
+
+
+def _tuning(out):
+    return json.loads((out / "tuning.json").read_text())
+
+
+class _Kill(BaseException):
+    """Escapes keras-tuner's per-trial ``except Exception``, like a SIGKILL mid-trial."""
+
+
+# ---- searches (TensorFlow via keras-tuner) ---------------------------------------------------
+
+@pytest.mark.keras
+def test_random_search_scores_on_validation(tmp_path):
+    from research.tuning import tune
+
+    data = _dataset()
+    cfg = _cfg(tmp_path, "max_trials = 3")
+    out = tune(cfg, data, quiet=True)
+    t = _tuning(out)
+    assert t["status"] == "finished" and t["scored_on"] == "validation"
+    assert [r["status"] for r in t["trials"]] == ["COMPLETED"] * 3
+    assert len({r["hyperparameters"]["user_damping"] for r in t["trials"]}) == 3
+    split = make_split(data.interactions, cfg.split, 0)
+    for r in t["trials"]:
+        assert 0.0 <= r["hyperparameters"]["user_damping"] <= 50.0
+        assert 0.1 <= r["hyperparameters"]["item_damping"] <= 100.0
+        assert r["seconds"] > 0 and r["rss_mb"] > 0
+        # the objective is the harness on validation, with the runner's model seed
+        m = Bias(**r["hyperparameters"], seed=child_seed(0, "bias")).fit(split.train, split.val)
+        val = evaluate(m, split, part="val").summary
+        test = evaluate(m, split, part="test").summary
+        assert r["objective"] == pytest.approx(val["rmse"], abs=1e-12)
+        assert r["metrics"]["ndcg@10"] == pytest.approx(val["ndcg@10"], abs=1e-12)
+        assert abs(r["objective"] - test["rmse"]) > 1e-6  # and not test
+    best = min(t["trials"], key=lambda r: r["objective"])
+    assert t["best"]["trial_id"] == best["trial_id"] and t["best"]["value"] == best["objective"]
+    # one HParams session per trial for TensorBoard
+    for r in t["trials"]:
+        assert list((out / "logs" / f"trial_{r['trial_id']}").glob("events.out.tfevents.*"))
+    assert not (out / "metrics.json").exists()  # retrain_on_full = false
+
+
+@pytest.mark.keras
+def test_resume_with_a_larger_budget_runs_only_the_new_trial(tmp_path):
+    from research.tuning import tune
+
+    data, calls = _dataset(), []
+    out2 = tune(_cfg(tmp_path, "max_trials = 2"), data, quiet=True, trial_hook=lambda tid, p: calls.append(tid))
+    first = _tuning(out2)["trials"]
+    out3 = tune(_cfg(tmp_path, "max_trials = 3"), data, quiet=True, trial_hook=lambda tid, p: calls.append(tid))
+    assert out3 == out2  # the budget is not part of the folder's hash
+    assert calls == ["0", "1", "2"]  # exactly one new trial
+    t = _tuning(out3)["trials"]
+    assert [r["status"] for r in t] == ["COMPLETED"] * 3 and t[:2] == first
+
+
+@pytest.mark.keras
+def test_killed_trial_is_rerun_and_finished_ones_are_not(tmp_path):
+    from research.tuning import tune
+
+    data, calls = _dataset(), []
+    cfg = _cfg(tmp_path, "max_trials = 3")
+
+    def killer(tid, params):
+        calls.append((tid, params["user_damping"]))
+        if tid == "1":
+            raise _Kill()
+
+    with pytest.raises(_Kill):
+        tune(cfg, data, quiet=True, trial_hook=killer)
+    t = _tuning(tuning_dir_of(cfg))
+    assert t["status"] == "interrupted" and [r["status"] for r in t["trials"]] == ["COMPLETED", "RUNNING"]
+    out = tune(cfg, data, quiet=True, trial_hook=lambda tid, p: calls.append((tid, p["user_damping"])))
+    assert [c[0] for c in calls] == ["0", "1", "1", "2"]
+    assert calls[1] == calls[2]  # the killed trial is re-run with its own values
+    t = _tuning(out)
+    assert [r["status"] for r in t["trials"]] == ["COMPLETED"] * 3 and t["status"] == "finished"
+
+
+@pytest.mark.keras
+def test_failed_trial_raises_is_recorded_and_rerun_on_resume(tmp_path):
+    from research.tuning import tune
+
+    data = _dataset()
+    cfg = _cfg(tmp_path, "max_trials = 3")
+
+    def boom(tid, params):
+        if tid == "1":
+            raise ValueError("injected failure")
+
+    with pytest.raises(ValueError, match="injected failure"):
+        tune(cfg, data, quiet=True, trial_hook=boom)
+    t = _tuning(tuning_dir_of(cfg))
+    assert t["status"] == "failed"
+    assert [r["status"] for r in t["trials"]] == ["COMPLETED", "FAILED"]
+    assert "injected failure" in t["trials"][1]["error"]
+    calls = []
+    out = tune(cfg, data, quiet=True, trial_hook=lambda tid, p: calls.append(tid))
+    assert sorted(calls) == ["1", "2"]
+    assert [r["status"] for r in _tuning(out)["trials"]] == ["COMPLETED"] * 3
+
+
+@pytest.mark.keras
+def test_retrain_on_full_writes_table_with_baselines_tuned_and_default(tmp_path):
+    from research.tuning import tune
+
+    data = _dataset()
+    cfg = _cfg(tmp_path, "max_trials = 2", retrain=True)
+    out = tune(cfg, data, quiet=True)
+    m = json.loads((out / "metrics.json").read_text())
+    assert list(m["models"]) == ["global_mean", "bias", "popularity", "bias_tuned"]
+    assert m["fitted_on"] == "train+validation" and (out / "table.md").is_file()
+    best = _tuning(out)["best"]
+    split = make_split(data.interactions, cfg.split, 0)
+    tv = split.train_val()
+    tuned = Bias(**best["hyperparameters"], seed=child_seed(0, "bias")).fit(tv, None)
+    default = Bias(seed=child_seed(0, "bias")).fit(tv, None)
+    assert m["models"]["bias_tuned"]["rmse"] == pytest.approx(evaluate(tuned, split).summary["rmse"], abs=1e-12)
+    assert m["models"]["bias"]["rmse"] == pytest.approx(evaluate(default, split).summary["rmse"], abs=1e-12)
+    # the folder is a run folder: the tuned model reloads for `animerec recommend --run`
+    from research.experiment import load_model, load_run
+
+    meta, _, _ = load_run(out)
+    again = load_model(out, "bias_tuned", meta)
+    assert again.user_damping == pytest.approx(best["hyperparameters"]["user_damping"])
+
+
+def tuning_dir_of(cfg):
+    from research.tuning import tuning_dir
+
+    return tuning_dir(cfg, 0)
+
+
+# ---- config checks (no TensorFlow) ----------------------------------------------------------
+
+def test_unknown_space_parameter_names_the_key(tmp_path):
+    from research.tuning import check_space, tuned_spec
+
+    cfg = _cfg(tmp_path, models='[models.bias.space]\nuser_dampign = {type="float", min=0.0, max=5.0}\n')
+    with pytest.raises(ConfigError, match=r"models\.bias\.space\.user_dampign.*did you mean 'user_damping'"):
+        check_space(tuned_spec(cfg))
+
+
+@pytest.mark.parametrize("entry, msg", [
+    ('{type="float", min=5.0, max=1.0}', "must be below max"),
+    ('{type="float", min=0.0, max=1.0, sampling="log"}', "needs min > 0"),
+    ('{type="integer", min=1, max=3}', r"\.type: expected one of"),
+    ('{type="float", min=0.0, max=1.0, stepp=0.1}', "unknown field"),
+    ('{type="choice", values=[]}', "non-empty list"),
+])
+def test_bad_space_entries(tmp_path, entry, msg):
+    from research.tuning import check_space, tuned_spec
+
+    cfg = _cfg(tmp_path, models=f"[models.bias.space]\nuser_damping = {entry}\n")
+    with pytest.raises(ConfigError, match=msg):
+        check_space(tuned_spec(cfg))
+
+
+def test_hyperband_needs_epochs(tmp_path):
+    from research.tuning import check_space, tuned_spec
+
+    with pytest.raises(ConfigError, match="hyperband"):
+        check_space(tuned_spec(_cfg(tmp_path)), "hyperband")
+
+
+def test_objective_checks(tmp_path):
+    from research.tuning import check_objective, tuned_spec
+
+    cfg = _cfg(tmp_path, 'objective = "ndcg@10"')  # direction defaults to "min"
+    with pytest.raises(ConfigError, match='set tune.direction = "max"'):
+        check_objective(cfg, tuned_spec(cfg))
+    cfg = _cfg(tmp_path, 'objective = "rmse"', models='[models.popularity.space]\n')
+    with pytest.raises(ConfigError, match="does not predict ratings"):
+        check_objective(cfg, tuned_spec(cfg))
+    cfg = _cfg(tmp_path, 'objective = "ndgc@10"\ndirection = "max"')
+    with pytest.raises(ConfigError, match="did you mean 'ndcg@10'"):
+        check_objective(cfg, tuned_spec(cfg))
+    cfg = _cfg(tmp_path, 'objective = "ndcg@10"\ndirection = "max"')
+    assert check_objective(cfg, tuned_spec(cfg)) == ("ndcg@10", "max")
+
+
+def test_which_model_is_tuned(tmp_path):
+    from research.tuning import tuned_spec
+
+    two = "[models.popularity]\n[models.bias]\n" + SPACE
+    with pytest.raises(ConfigError, match="tune.model is not set"):
+        tuned_spec(_cfg(tmp_path, models=two))
+    assert tuned_spec(_cfg(tmp_path, 'model = "bias"', models=two)).name == "bias"
+    with pytest.raises(ConfigError, match="unknown model 'bais'"):
+        tuned_spec(_cfg(tmp_path, 'model = "bais"', models=two))
