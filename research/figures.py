@@ -122,12 +122,14 @@ def _history_from_events(log_dir: Path) -> dict | None:
 def load_history(run_dir: Path, model: str) -> dict | None:
     """A Keras model's per-epoch history in a run folder, as ``{"loss": [...], "val_loss": [...], ...}``.
 
-    Looked for, in order: ``models/<model>/history.json``, ``logs/<model>/history.json`` (a
+    Looked for, in order: ``models/<model>/keras_model.json`` (the Keras models' saved state, its
+    ``"history"`` key), ``models/<model>/history.json``, ``logs/<model>/history.json`` (a
     ``History.history`` dict, optionally under a ``"history"`` key), then the TensorBoard event
-    files under ``logs/<model>/``. None when there is none.
+    files under ``logs/<model>/`` (``train/`` and ``validation/``). None when there is none.
     """
     run_dir = Path(run_dir)
-    for p in (run_dir / "models" / model / "history.json", run_dir / "logs" / model / "history.json"):
+    for p in (run_dir / "models" / model / "keras_model.json", run_dir / "models" / model / "history.json",
+              run_dir / "logs" / model / "history.json"):
         if p.is_file():
             h = _history_from_json(p)
             if h:

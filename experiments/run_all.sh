@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Rerun every experiment of experiments/README.md from scratch: the data reports, every run (a
+# finished run folder of the same config and seed is replaced by a fresh one), the showcase lists,
+# the K-means elbow, then the tables and figures. Prints the wall time of each step.
+#
+#   ANIMEREC_DATA=/path/to/shared/data bash experiments/run_all.sh          # everything
+#   ANIMEREC_DATA=... bash experiments/run_all.sh leaderboard study_protocol  # only these steps
+#
+# Step names: eda runs showcase elbow report, or one experiment name (a config in experiments/configs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ANIMEREC_DATA="${ANIMEREC_DATA:-$(cd .. && pwd)/shared/data}"
+PY="${PYTHON:-python3}"
+CFG=experiments/configs
+RUNS=(leaderboard kmeans_elbow dnn_curves study_protocol study_protocol_score0)
+
+step() {  # step NAME COMMAND...: run it, print its wall time
+  local name="$1"; shift
+  local t0; t0=$(date +%s)
+  echo "==> $name: $*" >&2
+  "$@"
+  echo "<== $name: $(( $(date +%s) - t0 )) s" >&2
+}
+
+wanted() {  # is step $1 selected on the command line (no arguments = all)?
+  [[ $# -gt 0 ]] || return 1
+  local s="$1"; shift
+  [[ ${#SELECTED[@]} -eq 0 ]] && return 0
+  for x in "${SELECTED[@]}"; do [[ "$x" == "$s" ]] && return 0; done
+  return 1
+}
+SELECTED=("$@")
+T0=$(date +%s)
+
+if wanted eda; then
+  step "eda mal2020_sample" "$PY" -m research eda "$CFG/mal2020_sample.toml"
+  step "eda animelist" "$PY" -m research eda "$CFG/eda_animelist.toml"
+fi
+for exp in "${RUNS[@]}"; do
+  if wanted runs || wanted "$exp"; then
+    step "run $exp" "$PY" -m research run -q "$CFG/$exp.toml"
+  fi
+done
+if wanted elbow || wanted kmeans_elbow; then
+  step "kmeans elbow curve" "$PY" experiments/kmeans_elbow.py "$CFG/kmeans_elbow.toml"
+fi
+if wanted showcase || wanted similar_anime; then
+  step "run similar_anime" "$PY" -m research run -q "$CFG/similar_anime.toml"
+  step "similar anime lists" "$PY" experiments/showcase.py similar-anime "$CFG/similar_anime.toml" --anime 1 5114 9253
+fi
+if wanted showcase || wanted similar_users; then
+  step "run similar_users" "$PY" -m research run -q "$CFG/similar_users.toml"
+  step "similar users lists" "$PY" experiments/showcase.py similar-users "$CFG/similar_users.toml" --pick-seed 0
+fi
+if wanted showcase || wanted recommend_random_user; then
+  step "run recommend_random_user" "$PY" -m research run -q "$CFG/recommend_random_user.toml"
+  step "recommendation lists" "$PY" experiments/showcase.py recommend "$CFG/recommend_random_user.toml" --pick-seed 0
+fi
+if wanted report || [[ ${#SELECTED[@]} -eq 0 ]]; then
+  step "report" "$PY" -m research report
+fi
+echo "all done in $(( $(date +%s) - T0 )) s" >&2
