@@ -1,0 +1,461 @@
+"""Checks shared by the in-memory loaders (``sources``) and the streaming converter (``prepare``).
+
+Every problem a user can cause raises ``research.errors.DataError`` naming the file, the 1-based
+*physical* line (the header is line 1) and the column. Pandas reads the files in chunks and knows
+only record numbers; a record can differ from a line (blank lines are skipped, a quoted field may
+hold a newline), so the line of a bad record is found by re-reading the file with the ``csv``
+module up to that record (``Locator``). That costs one pass over the head of the file, and only
+on the error path.
+
+Decisions recorded here so both paths apply them the same way:
+
+* Duplicate ``(user, item)`` rows: the last one in file order is kept (it is the latest state of a
+  MAL list); the others are dropped under reason ``duplicate``.
+* The order of the row filters is: ``truncated_last_line`` -> ``duplicate`` -> ``unrated`` ->
+  ``min_user_ratings``. A row is counted under the first reason that drops it, so
+  ``rows_read == rows_kept + sum(rows_dropped)`` always.
+* Ratings of anime that are not in the catalogue are **kept and counted** under
+  ``rows_flagged["unknown_anime"]`` (not dropped): the rating is real user behaviour, the 2020
+  catalogue is simply older or smaller than the lists; collaborative models need no side features,
+  and ``build_dataset`` gives such anime NaN / [] side features.
+* Ids must be integers (or integral numbers such as ``1.0``) in the int64 range; other ids are an
+  error (the generic adapter does not invent codes for string ids: map them first).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from research.errors import DataError
+
+# the reasons a row can be dropped for, in the order the filters run
+DROP_REASONS = ("truncated_last_line", "duplicate", "unrated", "min_user_ratings")
+
+_INT64_MAX = np.iinfo(np.int64).max
+_INT64_MIN = np.iinfo(np.int64).min
+
+BOMS = {
+    b"\xef\xbb\xbf": "utf-8",
+    b"\xff\xfe": "utf-16-le",
+    b"\xfe\xff": "utf-16-be",
+}
+
+
+def short(value, limit: int = 40) -> str:
+    """repr of a value, cut to ``limit`` characters (a 10 MB field must not flood the message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-file bookkeeping
+
+
+@dataclass
+class FileStats:
+    """What happened to the rows of one file (one entry of ``manifest["files"]``).
+
+    ``rows_dropped`` counts rows removed per reason; ``rows_flagged`` counts rows that were kept
+    but are worth knowing about (``unknown_anime``, ``unknown_status``, ``encoding_fallback`` ...).
+    """
+
+    name: str
+    sha256: str = ""
+    rows_read: int = 0
+    rows_dropped: Counter = field(default_factory=Counter)
+    rows_flagged: Counter = field(default_factory=Counter)
+    format: dict = field(default_factory=dict)
+
+    @property
+    def rows_kept(self) -> int:
+        return self.rows_read - sum(self.rows_dropped.values())
+
+    def drop(self, reason: str, n: int) -> None:
+        if n:
+            self.rows_dropped[reason] += int(n)
+
+    def flag(self, reason: str, n: int) -> None:
+        if n:
+            self.rows_flagged[reason] += int(n)
+
+    def to_dict(self) -> dict:
+        out = {"sha256": self.sha256, "rows_read": int(self.rows_read), "rows_kept": int(self.rows_kept),
+               "rows_dropped": {k: int(v) for k, v in self.rows_dropped.items() if v}}
+        if any(self.rows_flagged.values()):
+            out["rows_flagged"] = {k: int(v) for k, v in self.rows_flagged.items() if v}
+        if self.format:
+            out["format"] = dict(self.format)
+        return out
+
+
+def check_balance(manifest: dict) -> None:
+    """Raise AssertionError unless ``rows_read == rows_kept + sum(rows_dropped)`` for every file."""
+    for name, f in manifest["files"].items():
+        dropped = sum(f["rows_dropped"].values())
+        if f["rows_read"] != f["rows_kept"] + dropped:
+            raise AssertionError(f"{name}: read {f['rows_read']} != kept {f['rows_kept']} + dropped {dropped}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The first line, encodings, line endings
+
+
+@dataclass
+class Head:
+    """What the first line of a file says."""
+
+    bom: str  # "" or the encoding the BOM announces
+    bom_len: int
+    first_line: str  # decoded as latin-1, without the line ending
+    line_ending: str  # "crlf" | "lf" | "cr" | "none" (a one-line file)
+    final_newline: bool
+    size: int
+
+
+def read_head(path: Path) -> Head:
+    """Read the first line and the last byte of ``path``. Raises DataError for an empty file and
+    for UTF-16 files (which pandas would read as garbage)."""
+    size = path.stat().st_size
+    if size == 0:
+        raise DataError(path, "the file is empty (0 bytes)", line=1)
+    with open(path, "rb") as fh:
+        start = fh.read(1 << 16)
+        bom, bom_len = "", 0
+        for mark, enc in BOMS.items():
+            if start.startswith(mark):
+                bom, bom_len = enc, len(mark)
+                break
+        if bom.startswith("utf-16"):
+            raise DataError(path, f"the file is {bom.upper()} (byte-order mark); convert it to UTF-8", line=1)
+        buf = start[bom_len:]
+        # grow the buffer until the first line ends (a header can be long)
+        while b"\n" not in buf and b"\r" not in buf:
+            more = fh.read(1 << 20)
+            if not more:
+                break
+            buf += more
+        fh.seek(size - 1)
+        last = fh.read(1)
+    cut = len(buf)
+    for i, ch in enumerate(buf):
+        if ch in (10, 13):
+            cut = i
+            break
+    if cut == len(buf):
+        ending = "none"
+    elif buf[cut] == 13:
+        ending = "crlf" if buf[cut + 1:cut + 2] == b"\n" else "cr"
+    else:
+        ending = "lf"
+    return Head(bom, bom_len, buf[:cut].decode("latin-1"), ending, last in (b"\n", b"\r"), size)
+
+
+def split_line(line: str, delimiter: str) -> list[str]:
+    """Fields of one CSV line (quote-aware)."""
+    rows = list(csv.reader([line], delimiter=delimiter))
+    return rows[0] if rows else []
+
+
+def looks_like_int(token: str) -> bool:
+    t = token.strip()
+    if t.startswith(("-", "+")):
+        t = t[1:]
+    return t.isdigit()
+
+
+def delimiter_hint(line: str, delimiter: str) -> str:
+    """' (the file looks ';'-delimited)' when another delimiter splits the header better."""
+    n = len(split_line(line, delimiter))
+    best = max(((len(split_line(line, d)), d) for d in (",", ";", "\t", "|", " ") if d != delimiter),
+               default=(0, ""))
+    if best[0] > n and best[0] >= 2:
+        return f" (the line has {n} field(s) with {delimiter!r} but {best[0]} with {best[1]!r}: wrong delimiter?)"
+    return ""
+
+
+def decode_text(path: Path, data: bytes, stats: FileStats) -> str:
+    """Decode a (small) text file as UTF-8; lines that are not valid UTF-8 are decoded as
+    Windows-1252 / Latin-1 instead and counted under ``rows_flagged["encoding_fallback"]``
+    (lines, which for these catalogues are rows)."""
+    for mark, enc in BOMS.items():
+        if data.startswith(mark):
+            if enc.startswith("utf-16"):
+                raise DataError(path, f"the file is {enc.upper()} (byte-order mark); convert it to UTF-8", line=1)
+            data = data[len(mark):]
+            stats.format["bom"] = True
+            break
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    out, fallback = [], 0
+    for raw in data.splitlines(keepends=True):
+        try:
+            out.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            fallback += 1
+            try:
+                out.append(raw.decode("cp1252"))
+            except UnicodeDecodeError:
+                out.append(raw.decode("latin-1"))
+    stats.flag("encoding_fallback", fallback)
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Record number -> physical line
+
+
+class Locator:
+    """Maps 0-based data record numbers (as pandas counts them) to 1-based physical lines.
+
+    Args:
+        path: the file (named in errors).
+        delimiter: field delimiter.
+        header: whether line 1 is a header.
+        text: the decoded text, for files already in memory; else the file is re-read as Latin-1
+            (every byte is one character, so line breaks are found exactly).
+    """
+
+    def __init__(self, path: Path, delimiter: str, header: bool, text: str | None = None):
+        self.path, self.delimiter, self.header, self.text = Path(path), delimiter, header, text
+
+    def _rows(self):
+        """(start line, fields) of every non-blank record, header included."""
+        csv.field_size_limit(sys.maxsize)
+        if self.text is not None:
+            import io
+
+            fh = io.StringIO(self.text, newline="")
+        else:
+            fh = open(self.path, newline="", encoding="latin-1")
+        with fh:
+            reader = csv.reader(fh, delimiter=self.delimiter)
+            prev_end = 0
+            try:
+                for row in reader:
+                    start = prev_end + 1
+                    prev_end = reader.line_num
+                    if not row:  # a blank line: pandas skips it, it is not a record
+                        continue
+                    yield start, row
+            except csv.Error:
+                yield prev_end + 1, None  # e.g. a quote never closed: report where it starts
+
+    def line(self, record: int) -> int:
+        """Physical line on which data record ``record`` starts."""
+        target = record + (1 if self.header else 0)
+        last = 1
+        for i, (start, _row) in enumerate(self._rows()):
+            last = start
+            if i == target:
+                return start
+        return last
+
+    def first_wide_record(self, n_fields: int) -> tuple[int, int]:
+        """(line, number of fields) of the first record with more than ``n_fields`` fields."""
+        for start, row in self._rows():
+            if row is None:
+                return start, -1
+            if len(row) > n_fields:
+                return start, len(row)
+        return 1, -1
+
+
+def parser_error(path: Path, exc: Exception, locator: Locator, n_fields: int, what: str = "") -> DataError:
+    """Turn a pandas ParserError into a DataError with the true physical line."""
+    line, seen = locator.first_wide_record(n_fields)
+    if seen > 0:
+        return DataError(path, f"expected {n_fields} fields{what}, found {seen} (unquoted delimiter in a "
+                               f"value, or the wrong delimiter?)", line=line)
+    msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return DataError(path, f"cannot parse the file: {msg}", line=line if line > 1 else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Column checks. They return values or raise ``BadValue`` with the position inside the chunk;
+# the caller knows the record offset and the locator, and raises the DataError.
+
+
+class BadValue(Exception):
+    """A value at position ``pos`` of a column is wrong."""
+
+    def __init__(self, pos: int, message: str):
+        super().__init__(message)
+        self.pos = int(pos)
+        self.message = message
+
+
+def _first(mask: np.ndarray) -> int:
+    return int(np.flatnonzero(mask)[0])
+
+
+def _missing(raw) -> bool:
+    return raw is None or (isinstance(raw, float) and math.isnan(raw))
+
+
+def int_column(values: pd.Series, *, nonnegative: bool = False) -> np.ndarray:
+    """Integer ids as int64. Empty cells, non-integers and values out of the int64 range raise
+    ``BadValue`` at the first offending position; integral floats (``3.0``) are accepted when they
+    are exact (below 2**53)."""
+    dtype = values.dtype
+    fl = None
+    if dtype.kind in "iu" and dtype != np.uint64:
+        arr = values.to_numpy().astype(np.int64, copy=False)
+    elif dtype.kind == "f":
+        fl = values.to_numpy(dtype=np.float64)
+    else:
+        num = pd.to_numeric(values, errors="coerce")
+        if num.dtype.kind in "iu" and num.dtype != np.uint64:
+            arr = num.to_numpy().astype(np.int64, copy=False)
+        elif num.dtype.kind == "f":
+            fl = num.to_numpy(dtype=np.float64)
+        else:  # uint64, or python ints beyond int64 (object)
+            fl = np.array([np.nan if _missing(v) else float(v) for v in num.to_numpy()], dtype=np.float64)
+    if fl is not None:
+        bad = ~np.isfinite(fl) | (np.floor(fl) != fl) | (np.abs(fl) > 2.0 ** 53)
+        if bad.any():
+            pos = _first(bad)
+            raw = values.iloc[pos]
+            if _missing(raw):
+                raise BadValue(pos, "missing value (empty field, or too few fields on the line)")
+            if np.isfinite(fl[pos]) and np.floor(fl[pos]) == fl[pos]:
+                raise BadValue(pos, f"{short(raw)} is out of the exact integer range")
+            raise BadValue(pos, f"{short(raw)} is not an integer id")
+        arr = fl.astype(np.int64)
+    if nonnegative and len(arr) and arr.min() < 0:
+        pos = _first(arr < 0)
+        raise BadValue(pos, f"{arr[pos]} is negative (ids are >= 0 in this source)")
+    return arr
+
+
+@dataclass(frozen=True)
+class RatingScale:
+    """What a rating column may hold.
+
+    Args:
+        label: for messages.
+        integer: whether ratings must be whole numbers.
+        low, high: the inclusive range of real ratings.
+        unrated: codes meaning "watched, not scored" (read as NaN).
+    """
+
+    label: str
+    integer: bool
+    low: float
+    high: float
+    unrated: tuple = ()
+
+
+MAL_SCALE = RatingScale("MyAnimeList score (1-10, 0 = watched, not scored)", True, 1, 10, (0,))
+COOPERUNION_SCALE = RatingScale("CooperUnion rating (1-10, -1 = watched, not rated)", True, 1, 10, (-1,))
+GENERIC_SCALE = RatingScale("rating (any finite number)", False, -math.inf, math.inf, ())
+
+
+def rating_column(values: pd.Series, scale: RatingScale) -> np.ndarray:
+    """Ratings as float32 with NaN for the scale's "unrated" codes; anything else outside the scale
+    raises ``BadValue``."""
+    num = pd.to_numeric(values, errors="coerce") if not pd.api.types.is_numeric_dtype(values.dtype) else values
+    arr = np.asarray(num.to_numpy(dtype=np.float64, na_value=np.nan), dtype=np.float64)
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        pos = _first(bad)
+        raw = values.iloc[pos]
+        if _missing(raw):
+            raise BadValue(pos, "missing rating (empty field, or too few fields on the line)")
+        raise BadValue(pos, f"{short(raw)} is not a number ({scale.label})")
+    unrated = np.isin(arr, scale.unrated) if scale.unrated else np.zeros(len(arr), bool)
+    if scale.integer:
+        frac = np.floor(arr) != arr
+        if frac.any():
+            pos = _first(frac)
+            raise BadValue(pos, f"{short(values.iloc[pos])} is not a whole number ({scale.label})")
+    out = (~unrated) & ((arr < scale.low) | (arr > scale.high))
+    if out.any():
+        pos = _first(out)
+        raise BadValue(pos, f"{short(values.iloc[pos])} is out of range ({scale.label})")
+    res = arr.astype(np.float32)
+    res[unrated] = np.nan
+    return res
+
+
+def small_int_column(values: pd.Series, low: int = 0, high: int = 127) -> np.ndarray:
+    """A small integer code (watching_status) as int8."""
+    arr = int_column(values)
+    bad = (arr < low) | (arr > high)
+    if bad.any():
+        pos = _first(bad)
+        raise BadValue(pos, f"{arr[pos]} is out of range [{low}, {high}]")
+    return arr.astype(np.int8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Row filters, shared by both paths (in ``prepare`` they run per user-hash bucket; every user's
+# rows are in one bucket, so the result is the same as on the whole file).
+
+
+def keep_last_mask(user: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """Boolean mask keeping the last row of each ``(user, item)`` pair (in array order)."""
+    n = len(user)
+    if n == 0:
+        return np.ones(0, bool)
+    if user.min() >= 0 and item.min() >= 0 and user.max() < 2 ** 31 and item.max() < 2 ** 32:
+        key = (user.astype(np.int64) << 32) | item.astype(np.int64)
+        dup = pd.Series(key, copy=False).duplicated(keep="last").to_numpy()
+    else:
+        dup = pd.DataFrame({"u": user, "i": item}).duplicated(keep="last").to_numpy()
+    return ~dup
+
+
+def apply_row_filters(cols: dict, stats: FileStats, unrated: str, min_user_ratings: int) -> dict:
+    """Duplicates (keep last), unrated rows (``unrated`` = "drop" | "keep"), users with fewer than
+    ``min_user_ratings`` rated rows. Counts each dropped row once in ``stats``.
+
+    Args:
+        cols: column name -> numpy array (``user``, ``item``, ``rating`` and optional extras).
+    """
+    if unrated not in ("drop", "keep"):
+        from research.errors import ConfigError
+
+        raise ConfigError(f"data.unrated must be 'drop' or 'keep', not {unrated!r}")
+    keep = keep_last_mask(cols["user"], cols["item"])
+    stats.drop("duplicate", int((~keep).sum()))
+    if not keep.all():
+        cols = {k: v[keep] for k, v in cols.items()}
+    if unrated == "drop":
+        rated = ~np.isnan(cols["rating"])
+        stats.drop("unrated", int((~rated).sum()))
+        if not rated.all():
+            cols = {k: v[rated] for k, v in cols.items()}
+    if min_user_ratings > 1 and len(cols["user"]):
+        rated_users = cols["user"][~np.isnan(cols["rating"])]
+        uniq, counts = np.unique(rated_users, return_counts=True)
+        ok_users = uniq[counts >= min_user_ratings]
+        ok = np.isin(cols["user"], ok_users)
+        stats.drop("min_user_ratings", int((~ok).sum()))
+        if not ok.all():
+            cols = {k: v[ok] for k, v in cols.items()}
+    return cols
+
+
+def flag_references(cols: dict, stats: FileStats, catalogue_ids: np.ndarray | None,
+                    status_codes: np.ndarray | None = None) -> None:
+    """Count kept rows whose anime is not in the catalogue (``unknown_anime``) and whose watching
+    status is not a known code (``unknown_status``). They stay in the data."""
+    if catalogue_ids is not None and len(cols["item"]):
+        stats.flag("unknown_anime", int((~np.isin(cols["item"], catalogue_ids)).sum()))
+    if status_codes is not None and "status" in cols and len(cols["status"]):
+        stats.flag("unknown_status", int((~np.isin(cols["status"], status_codes)).sum()))
