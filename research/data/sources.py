@@ -63,6 +63,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from research.errors import ConfigError, DataError, ResourceError
 from research.data import validate as V
@@ -422,57 +424,64 @@ def read_catalogue(path: Path, kind: str, delimiter: str = ",", id_names: tuple 
     aliases = dict(_CAT_ALIASES)
     if kind == "cooperunion2017":
         aliases["score"] = ("score", "rating")  # CooperUnion's anime.csv: rating = mean user score
+    if not first.strip():
+        raise DataError(path, "line 1 is empty (expected a header)", line=1)
     try:
-        # all columns, not usecols: with usecols pandas silently accepts lines with extra fields
-        df = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False, na_filter=False,
-                         index_col=False, engine="c")
-    except pd.errors.ParserError as exc:
+        # pyarrow: ~3x faster than pandas here, and strict about the field count of every line
+        # (pandas with usecols silently accepts extra fields, and pads short lines)
+        names = [f"c{i}" for i in range(len(header))]
+        body = text.encode("utf-8")
+        # one block for the whole (in-memory) file: a huge field cannot straddle two blocks
+        tb = pacsv.read_csv(io.BytesIO(body),
+                            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False,
+                                                           block_size=max(1 << 20, len(body) + 1)),
+                            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                            convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                                                 strings_can_be_null=False))
+    except pa.ArrowInvalid as exc:
         raise V.parser_error(path, exc, locator, len(header)) from None
-    except pd.errors.EmptyDataError:
-        raise DataError(path, "line 1 is empty (expected a header)", line=1) from None
-    stats.rows_read = len(df)
-    if len(df) == 0:
+    stats.rows_read = tb.num_rows
+    if tb.num_rows == 0:
         raise DataError(path, "no data rows after the header", line=2)
     norm = {}
-    for c in df.columns:
-        norm.setdefault(str(c).strip().lower(), c)
-    id_col = next((norm[a.lower()] for a in (*id_names, *_ID_ALIASES.get(kind, ())) if a.lower() in norm), None)
-    if id_col is None:
+    for i, c in enumerate(header):
+        norm.setdefault(c.strip().lower(), i)
+    id_pos = next((norm[a.lower()] for a in (*id_names, *_ID_ALIASES.get(kind, ())) if a.lower() in norm), None)
+    if id_pos is None:
         want = (*id_names, *_ID_ALIASES.get(kind, ()))[0]
         raise _missing_column(path, want, header, first, delimiter)
     try:
-        ids = V.int_column(df[id_col], nonnegative=kind != "generic")
+        ids = V.int_column(pd.Series(tb.column(id_pos).to_pylist(), dtype=object), nonnegative=kind != "generic")
     except BadValue as bad:
-        raise DataError(path, bad.message, line=locator.line(bad.pos), column=str(id_col).strip()) from None
-    short_rows = df.isna().any(axis=1)
-    stats.flag("short_rows", int(short_rows.sum()))
+        raise DataError(path, bad.message, line=locator.line(bad.pos), column=header[id_pos]) from None
     out = {}
     for col, names in aliases.items():
-        src = next((norm[a] for a in names if a in norm and norm[a] != id_col), None)
+        src = next((norm[a] for a in names if a in norm and norm[a] != id_pos), None)
         if src is None:
             continue
-        raw = df[src].fillna("").astype(str)
-        stripped = raw.str.strip()
-        values = stripped.to_numpy(dtype=object)  # plain python str: iterating arrow strings is slow
-        unknown = stripped.str.lower().isin(_UNKNOWN).to_numpy()
+        raw = tb.column(src).to_pylist()  # only the columns used (MAL's anime.csv has 35)
+        values = [v.strip() for v in raw]
+        unknown = np.array([v.lower() in _UNKNOWN for v in values], dtype=bool)
         if col == "name":
             out[col] = pd.Series([html.unescape(v) if v else np.nan for v in values], dtype="str")
         elif col in ("genres", "studios"):
             out[col] = [[] if u else [g.strip() for g in v.split(",") if g.strip()] for v, u in zip(values, unknown)]
         elif col in ("type", "source"):
-            out[col] = pd.Series(np.where(unknown, np.nan, values), dtype="str")
+            out[col] = pd.Series([np.nan if u else v for v, u in zip(values, unknown)], dtype="str")
         elif col in ("episodes", "score", "members"):
-            vals = pd.to_numeric(stripped.str.replace(",", "", regex=False).where(~unknown, None), errors="coerce")
-            bad = vals.isna().to_numpy() & ~unknown
+            vals = pd.to_numeric(pd.Series([None if u else v.replace(",", "") for v, u in zip(values, unknown)],
+                                           dtype=object), errors="coerce").to_numpy(dtype=np.float64)
+            bad = np.isnan(vals) & ~unknown
             if bad.any():
                 pos = int(np.flatnonzero(bad)[0])
-                raise DataError(path, f"{V.short(raw.iloc[pos])} is not a number (nor 'Unknown')",
-                                line=locator.line(pos), column=str(src).strip())
-            out[col] = vals.to_numpy(dtype=np.float64)
+                raise DataError(path, f"{V.short(raw[pos])} is not a number (nor 'Unknown')",
+                                line=locator.line(pos), column=header[src])
+            out[col] = vals
         elif col == "synopsis":
-            placeholder = stripped.str.startswith(SYNOPSIS_PLACEHOLDERS).to_numpy()
-            stats.flag("placeholder_synopsis", int(placeholder.sum()))
-            out[col] = pd.Series(np.where(placeholder, "", values), dtype="str")
+            placeholder = [v.startswith(SYNOPSIS_PLACEHOLDERS) for v in values]
+            stats.flag("placeholder_synopsis", int(sum(placeholder)))
+            out[col] = pd.Series(["" if p else v for v, p in zip(values, placeholder)], dtype="str")
+    del tb
     table = pd.DataFrame(out)
     table.index = pd.Index(ids, dtype=np.int64, name="anime_id")
     dup = table.index.duplicated(keep="last")

@@ -265,22 +265,24 @@ class Locator:
                 return start
         return last
 
-    def first_wide_record(self, n_fields: int) -> tuple[int, int]:
-        """(line, number of fields) of the first record with more than ``n_fields`` fields."""
+    def first_bad_width(self, n_fields: int) -> tuple[int, int]:
+        """(line, number of fields) of the first record without ``n_fields`` fields."""
         for start, row in self._rows():
             if row is None:
                 return start, -1
-            if len(row) > n_fields:
+            if len(row) != n_fields:
                 return start, len(row)
         return 1, -1
 
 
 def parser_error(path: Path, exc: Exception, locator: Locator, n_fields: int, what: str = "") -> DataError:
-    """Turn a pandas ParserError into a DataError with the true physical line."""
-    line, seen = locator.first_wide_record(n_fields)
-    if seen > 0:
+    """Turn a pandas / pyarrow parse error into a DataError with the true physical line."""
+    line, seen = locator.first_bad_width(n_fields)
+    if seen > n_fields:
         return DataError(path, f"expected {n_fields} fields{what}, found {seen} (unquoted delimiter in a "
                                f"value, or the wrong delimiter?)", line=line)
+    if seen >= 0:
+        return DataError(path, f"expected {n_fields} fields{what}, found {seen} (a line cut short?)", line=line)
     msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return DataError(path, f"cannot parse the file: {msg}", line=line if line > 1 else None)
 
