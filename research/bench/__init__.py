@@ -1,0 +1,134 @@
+"""``animerec bench [NAME] [--quick]``: the benchmarks, each writing JSON (with machine info) to
+``results/bench/<name>.json`` (``--quick``: ``results/bench/quick/``) and the Markdown summary
+``SUMMARY.md`` beside it.
+
+| name | measures | module |
+| --- | --- | --- |
+| ``peers`` | every model vs Surprise / implicit on the real sample, same split, 3 seeds | ``bench.peers`` |
+| ``time_to_accuracy`` | embedding_dot's wall time to reach Surprise SVD's test RMSE / SVD's fit time | ``bench.peers`` |
+| ``throughput`` | Keras training examples per second at 1M / 10M ratings | ``bench.throughput`` |
+| ``neighbors`` | item-kNN all-item top-20 at MAL size: seconds, peak RSS; vs a naive pandas loop | ``bench.neighbors`` |
+| ``fullsize`` | ``prepare`` + one embedding_dot epoch at 1M / 10M / 57M rows: seconds, peak RSS | ``bench.fullsize`` |
+| ``serving`` | top-10 latency per user (p50, p99): brute force and faiss | ``bench.serving`` |
+
+A benchmark whose dependency has not landed (another part of the project) reports
+``status: skipped`` with the reason instead of failing. ``animerec bench`` with no name runs the
+cheap ones (all but ``fullsize``, whose 57M-row step is run by hand).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+import time
+from pathlib import Path
+
+from research.errors import ConfigError
+
+#: name -> (module, run function, markdown function); run(quick=bool) -> dict
+BENCHMARKS: dict[str, tuple[str, str, str]] = {
+    "peers": ("research.bench.peers", "run_peers", "markdown_peers"),
+    "time_to_accuracy": ("research.bench.peers", "run_time_to_accuracy", "markdown_time_to_accuracy"),
+    "throughput": ("research.bench", "run_throughput", "markdown_throughput"),
+    "neighbors": ("research.bench.neighbors", "run", "markdown"),
+    "fullsize": ("research.bench.fullsize", "run", "markdown"),
+    "serving": ("research.bench.serving", "run", "markdown"),
+}
+DEFAULT = ("peers", "time_to_accuracy", "throughput", "neighbors", "serving")
+
+
+def _fn(module: str, name: str):
+    return getattr(sys.modules[__name__] if module == __name__ else importlib.import_module(module), name)
+
+
+def renderers() -> dict:
+    out = {}
+    for name, (module, _, md) in BENCHMARKS.items():
+        try:
+            out[name] = _fn(module, md)
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+def main(name: str | None = None, quick: bool = False, out_dir=None) -> list[Path]:
+    """Run benchmark ``name`` (or the default set), write its JSON and the summary.
+
+    Args:
+        name: a key of ``BENCHMARKS``, or None for ``DEFAULT``.
+        quick: small sizes, written under ``quick/`` (for CI and smoke tests).
+        out_dir: override of ``results/bench`` (also ``ANIMEREC_BENCH_DIR``).
+
+    Returns:
+        The JSON files written, then ``SUMMARY.md``.
+    """
+    from research.bench import report
+
+    if name is not None and name not in BENCHMARKS:
+        near = difflib.get_close_matches(name, BENCHMARKS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else f" (known: {', '.join(BENCHMARKS)})"
+        raise ConfigError(f"unknown benchmark {name!r}{hint}")
+    names = [name] if name else list(DEFAULT)
+    written = []
+    for n in names:
+        module, run_name, _ = BENCHMARKS[n]
+        print(f"[bench] {n}{' (quick)' if quick else ''} ...", file=sys.stderr, flush=True)
+        machine = report.machine()
+        t0 = time.perf_counter()
+        result = _fn(module, run_name)(quick=quick)
+        result = {"status": "ok", **result, "machine": machine, "wall_seconds": time.perf_counter() - t0,
+                  "time_utc": machine.get("time_utc")}
+        path = report.write_result(n, result, quick, out_dir)
+        for note in result.get("notes", []):
+            print(f"[bench] {n}: {note}", file=sys.stderr)
+        written.append(path)
+    written.append(report.write_summary(report.bench_dir(quick, out_dir), renderers()))
+    return written
+
+
+# ---- throughput: a thin wrapper over research.bench.throughput (written elsewhere) --------------
+def run_throughput(quick: bool = False) -> dict:
+    """Training throughput of the Keras models through ``research.bench.throughput``'s functions
+    (``embedding_dot_throughput``, and ``two_tower_throughput`` / ``dnn_throughput`` when they
+    exist), each in its own subprocess so that one size's memory does not carry into the next."""
+    from research.bench import report
+
+    if not report.available("research.bench.throughput"):
+        return report.skipped("research.bench.throughput not available")
+    mod = importlib.import_module("research.bench.throughput")
+    sizes = [100_000] if quick else [1_000_000, 10_000_000]
+    epochs = 1
+    runs, notes = [], []
+    for fn_name in ("embedding_dot_throughput", "two_tower_throughput", "dnn_throughput"):
+        if not hasattr(mod, fn_name):
+            notes.append(f"research.bench.throughput has no {fn_name}: skipped")
+            continue
+        for n in sizes:
+            try:
+                out = report.in_subprocess(f"research.bench.throughput:{fn_name}", n_ratings=n,
+                                           batch_size=8192, epochs=epochs, seed=0)
+            except Exception as exc:  # keep the other sizes' numbers
+                notes.append(f"{fn_name} at {n:,} ratings failed: {str(exc).splitlines()[0]}")
+                continue
+            runs.append({"function": fn_name, "n_ratings": n, "batch_size": 8192, "epochs": epochs,
+                         "peak_rss_mb": out["peak_rss_mb"], "rss_after_imports_mb": out["rss_after_imports_mb"],
+                         "process_seconds": out["process_seconds"], **(out["result"] or {})})
+    return {"status": "ok" if runs else "skipped", "runs": runs, "notes": notes}
+
+
+def markdown_throughput(res: dict) -> str:
+    from research.bench.report import md_table
+
+    runs = res.get("runs") or []
+    if not runs:
+        return res.get("reason", "")
+    keys = [k for k in runs[0] if k not in ("function",)]
+    return md_table(["function"] + keys, [[r.get("function")] + [_short(r.get(k)) for k in keys] for r in runs])
+
+
+def _short(v):
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return v if not isinstance(v, (dict, list)) else "…"

@@ -1,0 +1,308 @@
+"""Benchmarks against the peer libraries.
+
+``peers``: every model of ``experiments/configs/bench_peers.toml`` (quick:
+``bench_peers_quick.toml``; ``ANIMEREC_BENCH_PEERS_CONFIG`` overrides the file) fitted and measured
+through ``research.eval.harness.evaluate`` on the same split per seed. Each project model's RMSE is
+reported as a ratio to the best Surprise model's RMSE on the same seed (the peer with the lowest
+mean RMSE), and its ndcg@10 as a ratio to implicit ALS's on the same seed; mean ± std over seeds.
+Goals: best project model RMSE <= 0.97 x best peer; ndcg@10 >= 1.10 x implicit ALS.
+
+``time_to_accuracy``: wall time for ``embedding_dot`` to reach Surprise SVD's test RMSE on the
+same split (both fitted on the training part only), as a ratio to SVD's own fit time. Test RMSE
+is measured after each epoch from the model's weights; evaluation time is subtracted.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from research.bench.report import available, fmt_ms, md_table, mean_std, skipped
+from research.config import REPO_ROOT
+
+CONFIGS = REPO_ROOT / "experiments" / "configs"
+PEER_PREFIXES = ("surprise_", "implicit_")
+RMSE_GOAL, NDCG_GOAL = 0.97, 1.10
+NDCG_PEER = "implicit_als"
+
+
+def is_peer(model_type: str) -> bool:
+    return model_type.startswith(PEER_PREFIXES)
+
+
+def load_data(cfg):
+    """The data set of ``cfg`` through ``research.data.load.load_dataset``; if the real-data
+    loader (``research.data.sources``) has not landed, the ratings CSV is read with pandas and
+    built by ``research.data.interactions.build_dataset`` (no catalogue side features).
+
+    Returns:
+        (Dataset, loader description).
+    """
+    from research.data.load import load_dataset
+
+    if importlib.util.find_spec("research.data.sources") is not None:
+        try:
+            return load_dataset(cfg, quiet=True), "research.data.load.load_dataset"
+        except ImportError:
+            pass
+    import pandas as pd
+
+    from research.data.interactions import build_dataset
+    from research.data.load import ensure_synth, find_raw
+
+    if cfg.data.source == "synth":
+        raw = ensure_synth(cfg)
+    else:
+        raw = find_raw(cfg.data.source, cfg.data.path)
+        if raw is None:
+            from research.errors import ConfigError
+
+            raise ConfigError(f"no {cfg.data.source} data found (set ANIMEREC_DATA)")
+    path = Path(raw) / (cfg.data.ratings or "rating_complete.csv")
+    df = pd.read_csv(path)
+    df.columns = [c.strip() for c in df.columns]
+    df = df.rename(columns={"user_id": "user", "anime_id": "item", "score": "rating"})
+    df["rating"] = df["rating"].astype("float32").where(df["rating"] > 0)  # MAL 0 = not scored
+    if cfg.data.unrated == "drop":
+        df = df[df["rating"].notna()]
+    return build_dataset(df[["user", "item", "rating"]], name=cfg.data.source), f"pandas fallback ({path.name})"
+
+
+def _config(quick: bool, name: str = "peers"):
+    from research import config
+
+    env = os.environ.get("ANIMEREC_BENCH_PEERS_CONFIG")
+    path = Path(env) if env else CONFIGS / (f"bench_{name}_quick.toml" if quick else f"bench_{name}.toml")
+    return config.load(path), path
+
+
+# ---------------------------------------------------------------------------------------------
+def run_peers(quick: bool = False) -> dict:
+    """See the module docstring. Returns the JSON-able result."""
+    from research.data.splits import make_split
+    from research.errors import ConfigError
+    from research.eval.harness import evaluate
+    from research.models import registry
+    from research.seeding import child_seed, seed_everything
+
+    cfg, cfg_path = _config(quick)
+    t0 = time.perf_counter()
+    dataset, loader = load_data(cfg)
+    load_seconds = time.perf_counter() - t0
+    notes = [f"data: {dataset.interactions} via {loader}"]
+    per_seed: dict[str, dict] = {}
+    skipped_models: dict[str, str] = {}
+    for seed in cfg.seeds:
+        seed = int(seed)
+        split = make_split(dataset.interactions, cfg.split, seed)
+        for spec in cfg.models:
+            if spec.name in skipped_models:
+                continue
+            try:
+                model = registry.build(spec.type, spec.params, child_seed(seed, spec.name))
+            except ConfigError as exc:
+                skipped_models[spec.name] = str(exc)
+                notes.append(f"{spec.name} skipped: {exc}")
+                continue
+            seed_everything(seed)
+            print(f"[bench] peers: seed {seed} {spec.name} ...", file=sys.stderr, flush=True)
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                model.fit(split.train, split.val)
+            except Exception as exc:  # a model mid-development must not sink the whole table
+                skipped_models[spec.name] = f"fit failed: {type(exc).__name__}: {exc}"
+                notes.append(f"{spec.name} skipped: fit failed: {type(exc).__name__}: {exc}")
+                continue
+            fit_seconds, fit_cpu = time.perf_counter() - t, time.process_time() - c
+            res = evaluate(model, split, k=cfg.eval.k, batch_users=cfg.eval.batch_users,
+                           relevance_threshold=cfg.eval.relevance_threshold).summary
+            # wall time, and CPU time of this process (all threads): on a shared machine the wall
+            # time includes waiting for a core
+            per_seed.setdefault(spec.name, {})[str(seed)] = {**res, **model.extra_metrics(),
+                                                             "fit_seconds": fit_seconds,
+                                                             "fit_cpu_seconds": fit_cpu}
+    out = summarize(per_seed, {s.name: s for s in cfg.models}, cfg.eval.k)
+    out.update({"config": str(cfg_path.relative_to(REPO_ROOT)) if cfg_path.is_relative_to(REPO_ROOT) else str(cfg_path),
+                "dataset": {"name": dataset.name, "rows": len(dataset.interactions),
+                            "users": dataset.interactions.n_users, "items": dataset.interactions.n_items,
+                            "loader": loader, "load_seconds": load_seconds},
+                "split": cfg.to_dict()["split"], "seeds": [int(s) for s in cfg.seeds],
+                "skipped_models": skipped_models, "notes": notes + out.pop("notes", [])})
+    return out
+
+
+def summarize(per_seed: dict, specs: dict, k: int = 10) -> dict:
+    """Means ± std, ratios to the reference peers per seed, and where the goals land."""
+    ndcg = f"ndcg@{k}"
+    notes = []
+    models = {}
+    for name, seeds in per_seed.items():
+        spec = specs[name]
+        keys = sorted({key for m in seeds.values() for key in m})
+        models[name] = {"type": spec.type, "kind": "peer" if is_peer(spec.type) else "project",
+                        "params": spec.params, "per_seed": seeds,
+                        "mean": {key: mean_std([m.get(key) for m in seeds.values()]) for key in keys
+                                 if all(isinstance(m.get(key), (int, float)) for m in seeds.values())}}
+    rmse_peers = [n for n, m in models.items() if m["kind"] == "peer" and m["mean"].get("rmse", {}).get("mean") is not None]
+    best_peer = min(rmse_peers, key=lambda n: models[n]["mean"]["rmse"]["mean"]) if rmse_peers else None
+    ndcg_peer = next((n for n, m in models.items() if m["type"] == NDCG_PEER), None)
+    for name, m in models.items():
+        if best_peer and "rmse" in m["mean"]:
+            r = {s: v["rmse"] / models[best_peer]["per_seed"][s]["rmse"] for s, v in m["per_seed"].items()
+                 if s in models[best_peer]["per_seed"]}
+            m["rmse_ratio_vs_best_peer"] = {**mean_std(r.values()), "per_seed": r}
+        if ndcg_peer and ndcg in m["mean"]:
+            r = {s: v[ndcg] / models[ndcg_peer]["per_seed"][s][ndcg] for s, v in m["per_seed"].items()
+                 if s in models[ndcg_peer]["per_seed"] and models[ndcg_peer]["per_seed"][s].get(ndcg)}
+            m[f"{ndcg}_ratio_vs_{NDCG_PEER}"] = {**mean_std(r.values()), "per_seed": r}
+    goals = {}
+    project = [n for n, m in models.items() if m["kind"] == "project"]
+    cand = [n for n in project if "rmse_ratio_vs_best_peer" in models[n]]
+    if cand:
+        b = min(cand, key=lambda n: models[n]["rmse_ratio_vs_best_peer"]["mean"])
+        ratio = models[b]["rmse_ratio_vs_best_peer"]["mean"]
+        goals["rmse"] = {"goal": f"<= {RMSE_GOAL} x {best_peer} rmse", "best_project_model": b,
+                         "ratio": ratio, "met": bool(ratio <= RMSE_GOAL)}
+    else:
+        notes.append("rmse goal not measurable (no project rating model or no rating peer)")
+    key = f"{ndcg}_ratio_vs_{NDCG_PEER}"
+    cand = [n for n in project if key in models[n]]
+    if cand:
+        b = max(cand, key=lambda n: models[n][key]["mean"])
+        ratio = models[b][key]["mean"]
+        goals[ndcg] = {"goal": f">= {NDCG_GOAL} x {NDCG_PEER} {ndcg}", "best_project_model": b,
+                       "ratio": ratio, "met": bool(ratio >= NDCG_GOAL)}
+    else:
+        notes.append(f"{ndcg} goal not measurable ({NDCG_PEER} or project ranking models missing)")
+    return {"models": models, "reference": {"best_rmse_peer": best_peer, "ndcg_peer": ndcg_peer},
+            "goals": goals, "notes": notes}
+
+
+def markdown_peers(res: dict) -> str:
+    if res.get("status") == "skipped":
+        return res.get("reason", "")
+    models = res.get("models", {})
+    k_ndcg = next((k for m in models.values() for k in m.get("mean", {}) if k.startswith("ndcg@")), "ndcg@10")
+    ratio_key = f"{k_ndcg}_ratio_vs_{NDCG_PEER}"
+    rows = []
+    order = sorted(models, key=lambda n: (models[n]["kind"] != "peer", n))
+    for n in order:
+        m = models[n]
+        mean = m["mean"]
+        rows.append([n, m["kind"], fmt_ms(mean.get("rmse")), fmt_ms(m.get("rmse_ratio_vs_best_peer"), 3),
+                     fmt_ms(mean.get(k_ndcg)), fmt_ms(m.get(ratio_key), 3), fmt_ms(mean.get("precision@10")),
+                     fmt_ms(mean.get("fit_seconds"), 1), fmt_ms(mean.get("fit_cpu_seconds"), 1),
+                     fmt_ms(mean.get("eval_seconds"), 1)])
+    ds = res.get("dataset", {})
+    ref = res.get("reference", {})
+    lines = [f"Data: {ds.get('name')} ({ds.get('rows'):,} rows, {ds.get('users'):,} users, {ds.get('items'):,} items; "
+             f"{ds.get('loader')}); split {res.get('split', {}).get('kind')}; seeds {res.get('seeds')}; "
+             f"config `{res.get('config')}`. Ratios are per seed, then mean ± std; RMSE ratio vs "
+             f"**{ref.get('best_rmse_peer')}** (best peer RMSE), {k_ndcg} ratio vs **{ref.get('ndcg_peer')}**.", "",
+             md_table(["model", "kind", "rmse", "rmse / best peer", k_ndcg, f"{k_ndcg} / ALS", "precision@10",
+                       "fit s", "fit CPU s", "eval s"], rows), ""]
+    for key, g in res.get("goals", {}).items():
+        lines.append(f"- Goal {key} {g['goal']}: best project model **{g['best_project_model']}** at "
+                     f"{g['ratio']:.3f} — {'met' if g['met'] else 'not met'}.")
+    for n, why in res.get("skipped_models", {}).items():
+        lines.append(f"- {n}: {why}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+EMB = "research.models.keras.embedding_dot"
+
+
+def run_time_to_accuracy(quick: bool = False) -> dict:
+    """See the module docstring: the real sample (seed 0), then (full mode) 10M synthetic ratings."""
+    if importlib.util.find_spec(EMB) is None or not available(EMB):
+        return skipped(f"{EMB} not available")
+    from research import config as C
+
+    cases, notes = [], []
+    cfg, _ = _config(quick=True)  # the quick config's data section: the real sample
+    cfg = C.from_dict({"data": cfg.to_dict()["data"], "split": cfg.to_dict()["split"], "seeds": [0]})
+    try:
+        ds, loader = load_data(cfg)
+        cases.append(_tta_case("mal2020 sample", ds, cfg, max_epochs=60))
+    except Exception as exc:
+        notes.append(f"real sample failed: {type(exc).__name__}: {exc}")
+    if not quick:
+        if not available("research.data.synth"):
+            notes.append("10M synthetic: research.data.synth not available")
+        else:
+            try:
+                scfg = C.from_dict({"data": {"source": "synth"}, "seeds": [0],
+                                    "synth": {"users": 55_000, "items": 17_500, "ratings_per_user": 182, "seed": 0}})
+                ds, loader = load_data(scfg)
+                cases.append(_tta_case(f"synthetic {len(ds.interactions):,} ratings", ds, scfg, max_epochs=30))
+            except Exception as exc:
+                notes.append(f"10M synthetic failed: {type(exc).__name__}: {exc}")
+    return {"status": "ok" if cases else "skipped", "cases": cases, "notes": notes}
+
+
+def _tta_case(label: str, dataset, cfg, max_epochs: int, emb_params: dict | None = None) -> dict:
+    import research.models.keras.embedding_dot as E  # noqa: F401  (TensorFlow import before timing)
+    from research.data.splits import make_split
+    from research.eval.metrics import rmse
+    from research.models import registry
+
+    split = make_split(dataset.interactions, cfg.split, 0)
+    test = split.test.only_rated()
+    # the reference: Surprise SVD (library defaults) on the same training rows
+    svd = registry.build("surprise_svd", {}, seed=0)
+    t = time.perf_counter()
+    svd.fit(split.train)
+    svd_fit = time.perf_counter() - t
+    target = rmse(test.rating, svd.predict(test.user, test.item))
+
+    params = {"epochs": max_epochs, "early_stopping": False, **(emb_params or {})}
+    emb = registry.build("embedding_dot", params, seed=0)
+    import tensorflow as tf
+
+    curve = []
+    state = {"eval": 0.0, "reached": None}
+
+    class _Probe(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            te = time.perf_counter()
+            elapsed = te - state["t0"] - state["eval"]  # training time only: evaluations excluded
+            emb.after_fit()  # numpy copies of the current weights
+            r = rmse(test.rating, emb.predict(test.user, test.item))
+            state["eval"] += time.perf_counter() - te
+            curve.append({"epoch": epoch + 1, "test_rmse": r, "train_seconds": elapsed})
+            if r <= target and state["reached"] is None:
+                state["reached"] = {"epoch": epoch + 1, "seconds": elapsed, "test_rmse": r}
+                self.model.stop_training = True
+
+    state["t0"] = time.perf_counter()
+    emb.fit(split.train, None, callbacks=[_Probe()])  # no Keras validation pass in the timing
+    out = {"data": label, "rows": len(dataset.interactions), "train_rows": len(split.train),
+           "svd": {"params": svd.params, "fit_seconds": svd_fit, "test_rmse": target},
+           "embedding_dot": {"params": {**emb.get_config()}, "curve": curve,
+                             "best_test_rmse": min((c["test_rmse"] for c in curve), default=None)}}
+    if state["reached"]:
+        out["embedding_dot"]["reached"] = state["reached"]
+        out["time_ratio_vs_svd_fit"] = state["reached"]["seconds"] / svd_fit
+    else:
+        out["embedding_dot"]["reached"] = None  # never reached SVD's RMSE within max_epochs
+    return out
+
+
+def markdown_time_to_accuracy(res: dict) -> str:
+    if res.get("status") == "skipped" and not res.get("cases"):
+        return res.get("reason", "")
+    rows = []
+    for c in res.get("cases", []):
+        e = c["embedding_dot"]
+        reached = e.get("reached")
+        rows.append([c["data"], f"{c['train_rows']:,}", f"{c['svd']['test_rmse']:.4f}", f"{c['svd']['fit_seconds']:.1f}",
+                     f"{reached['seconds']:.1f} (epoch {reached['epoch']})" if reached else
+                     f"not reached in {len(e['curve'])} epochs (best {e['best_test_rmse']:.4f})",
+                     f"{c['time_ratio_vs_svd_fit']:.2f}" if reached else None])
+    return md_table(["data", "train rows", "SVD test rmse", "SVD fit s", "embedding_dot s to reach it",
+                     "ratio"], rows)
