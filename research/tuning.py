@@ -18,7 +18,9 @@ Decisions (and why):
   merged over the table's fixed arguments.
 - **Oracles**: ``random``, ``bayesian`` (Gaussian process; its random start is
   ``max(3, min(3 x dims, max_trials // 2))`` points, so small budgets still reach the model-based
-  part) and ``hyperband``. Hyperband's resource is the Keras models' ``epochs`` argument, taken
+  part; a proposal equal to a configuration already tried is replaced by a random one, since
+  trials are deterministic and keras-tuner's GP oracle otherwise keeps re-proposing the box's
+  corners) and ``hyperband``. Hyperband's resource is the Keras models' ``epochs`` argument, taken
   from the trial's ``tuner/epochs`` value (``tune.max_epochs``, ``tune.hyperband_factor``).
   Models without epochs (the classical ones) have no resource to allocate, so ``hyperband`` is a
   ``ConfigError`` for them rather than a silent random search. Each Hyperband trial trains from
@@ -47,11 +49,15 @@ Decisions (and why):
   metrics as scalars) under ``logs/trial_<id>/``, which is also the model's ``log_dir``; the
   domains are declared once in ``logs/``. ``animerec tensorboard <tuning folder>`` shows them in
   the HParams tab.
-- **Final refit** (``tune.retrain_on_full``): the best configuration and the untuned default
-  (the table's own arguments) are both refitted on train + validation with ``val=None`` — no
-  internal holdout, so neither loses data and they stay comparable; Keras models then train for
-  their (tuned) ``epochs`` without early stopping — and scored on test by the harness, next to
-  the trivial baselines (global mean, bias, popularity) refitted the same way. This writes
+- **Final refit** (``tune.retrain_on_full``): the untuned default (the table's own arguments) is
+  first fitted on train and scored on validation like a trial (``default`` in tuning.json: the
+  number the search had to beat). Then the best configuration and the default are both refitted
+  on train + validation with ``val=None`` — no internal holdout, so neither loses data and they
+  stay comparable. Without validation a Keras model cannot stop early, so it trains for the
+  epoch that early stopping kept in its validation fit (``best_epoch``; its ``epochs`` otherwise).
+  They are scored on test by the harness, next to the trivial baselines (global mean, bias,
+  popularity) refitted the same way. When the tuned model is itself a baseline (``bias``), its
+  baseline row is the default. This writes
   ``metrics.json`` (models ``NAME`` and ``NAME_tuned``), ``table.md``, and the refitted models with
   ``meta.pkl``/``seen.npz`` so the folder works with ``animerec recommend --run``.
 """
@@ -62,7 +68,6 @@ import gc
 import inspect
 import math
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -254,7 +259,7 @@ def _oracle(cfg: Config, spec: ModelSpec, objective: str, direction: str, seed: 
         return kt.oracles.RandomSearchOracle(max_trials=max_trials, **common)
     if cfg.tune.oracle == "bayesian":
         initial = max(3, min(3 * len(spec.space), max_trials // 2))
-        return kt.oracles.BayesianOptimizationOracle(max_trials=max_trials, num_initial_points=initial, **common)
+        return _bayesian_class()(max_trials=max_trials, num_initial_points=initial, **common)
     if cfg.tune.oracle == "hyperband":
         if cfg.tune.max_epochs < 1 or cfg.tune.hyperband_factor < 2:
             raise ConfigError("tune.max_epochs must be >= 1 and tune.hyperband_factor >= 2 for hyperband")
@@ -263,6 +268,29 @@ def _oracle(cfg: Config, spec: ModelSpec, objective: str, direction: str, seed: 
         o.max_trials = max_trials  # a cap: Hyperband itself has no max_trials
         return o
     raise ConfigError(f"tune.oracle: expected one of {', '.join(ORACLES)}, got {cfg.tune.oracle!r}")
+
+
+_BAYESIAN_CLASS = None
+
+
+def _bayesian_class():
+    """keras-tuner's Gaussian-process oracle, minus repeats: its acquisition optimum often lands on
+    a configuration already tried (e.g. a corner of the box), and a trial is deterministic here
+    (same seed), so a repeat would only spend time. A repeated proposal is replaced by a random one."""
+    global _BAYESIAN_CLASS
+    if _BAYESIAN_CLASS is None:
+        import keras_tuner as kt
+
+        class NoRepeatBayesianOracle(kt.oracles.BayesianOptimizationOracle):
+            def populate_space(self, trial_id):
+                response = super().populate_space(trial_id)
+                values = response.get("values")
+                if values is not None and self._duplicate(values):
+                    return self._random_populate_space()
+                return response
+
+        _BAYESIAN_CLASS = NoRepeatBayesianOracle
+    return _BAYESIAN_CLASS
 
 
 def rss_mb() -> float | None:
@@ -368,8 +396,9 @@ def _tuner_class():
             t_start = time.perf_counter()
             model = None
             try:
-                if trial_logs.exists():  # a re-run of a killed or failed trial starts clean
-                    shutil.rmtree(trial_logs)
+                # A re-run of a killed trial keeps its folder: Keras models resume their fit from the
+                # checkpoint there (same configuration, same end point); the HParams session is only
+                # written once a trial completes, so a trial never has two.
                 if ctx.trial_hook is not None:
                     ctx.trial_hook(tid, dict(params))
                 model = registry.build(ctx.spec.type, params, ctx.model_seed,
@@ -629,13 +658,33 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
               f"{best['hyperparameters']} -> val {objective} = {best['value']:.4f}", file=sys.stderr)
 
     if cfg.tune.retrain_on_full:
-        _refit(ctx, dataset, split, best, quiet=quiet)
+        _refit(ctx, dataset, split, summary, quiet=quiet)
     R.write_json(out / "status.json", {"status": "finished", "finished": time.time()})
     return out
 
 
-def _refit(ctx: _Context, dataset, split, best: dict, quiet: bool = False) -> None:
-    """Refit default, tuned and baselines on train + validation; score on test; write the table."""
+def _fit_score(ctx: _Context, typ: str, params: dict, seed: int, train, val, split, part: str, log_name: str):
+    """Build, fit and score one model; returns (model, EvalResult, metrics dict)."""
+    model = registry.build(typ, params, seed, where=f" ({log_name})")
+    model.log_dir = str(ctx.out / "logs" / log_name)
+    t0 = time.perf_counter()
+    model.fit(train, val)
+    fit_seconds = time.perf_counter() - t0
+    res = ctx.evaluate(model, split, part=part)
+    return model, res, {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
+
+
+def _refit_params(typ: str, params: dict, val_metrics: dict) -> dict:
+    """A Keras model refitted without validation cannot stop early: give it the epoch count that
+    early stopping kept when it was fitted with validation (``best_epoch``), if any."""
+    if typ in registry.KERAS_MODELS and val_metrics.get("best_epoch"):
+        return {**params, "epochs": int(val_metrics["best_epoch"])}
+    return dict(params)
+
+
+def _refit(ctx: _Context, dataset, split, summary: dict, quiet: bool = False) -> None:
+    """Score the untuned default on validation (for tuning.json), then refit default, tuned and
+    baselines on train + validation, score them on test, and write metrics.json and the table."""
     import pickle
 
     import pandas as pd
@@ -644,14 +693,31 @@ def _refit(ctx: _Context, dataset, split, best: dict, quiet: bool = False) -> No
     from research.report import markdown_table
 
     cfg, spec, out = ctx.cfg, ctx.spec, ctx.out
+    best = summary["best"]
+    best_metrics = next(r for r in summary["trials"] if r["trial_id"] == best["trial_id"]).get("metrics", {})
+
+    # the default on validation: the number the search had to beat
+    if not quiet:
+        print(f"[animerec] default {spec.name} on validation ...", file=sys.stderr, flush=True)
+    model, _, default_val = _fit_score(ctx, spec.type, dict(spec.params), ctx.model_seed, split.train, split.val,
+                                       split, "val", "default_val")
+    del model
+    _release_memory()
+    summary["default"] = {"params": dict(spec.params), "objective": default_val.get(ctx.objective),
+                          "metrics": default_val}
+    R.write_json(out / "tuning.json", summary)
+
     train_val = split.train_val()
-    tuned_params = dict(best["params"])
     rows = []  # (name, type, params, seed)
     for b in BASELINES:
         params = next((dict(m.params) for m in cfg.models if m.name == b and m.type == b), {})
         rows.append((b, b, params, child_seed(ctx.seed, b)))
+    default_params = _refit_params(spec.type, spec.params, default_val)
     if spec.name not in BASELINES:
-        rows.append((spec.name, spec.type, dict(spec.params), ctx.model_seed))
+        rows.append((spec.name, spec.type, default_params, ctx.model_seed))
+    else:  # the baseline row is the default itself
+        rows = [(n, t, default_params if n == spec.name else p, sd) for n, t, p, sd in rows]
+    tuned_params = _refit_params(spec.type, best["params"], best_metrics)
     rows.append((f"{spec.name}_tuned", spec.type, tuned_params, ctx.model_seed))
 
     with open(out / "meta.pkl.tmp", "wb") as fh:
@@ -662,9 +728,10 @@ def _refit(ctx: _Context, dataset, split, best: dict, quiet: bool = False) -> No
     metrics = {"experiment": cfg.experiment, "dataset": dataset.name, "split": split.name, "seed": ctx.seed,
                "rows": {"train": len(train_val), "val": 0, "test": len(split.test)},
                "fitted_on": "train+validation", "scored_on": "test",
-               "tuned": {"model": spec.name, "trial_id": best["trial_id"],
-                         "hyperparameters": best["hyperparameters"], "objective": ctx.objective,
-                         "val_value": best["value"]},
+               "tuned": {"model": spec.name, "trial_id": best["trial_id"], "hyperparameters": best["hyperparameters"],
+                         "objective": ctx.objective, "val_value": best["value"],
+                         "default_val_value": summary["default"]["objective"],
+                         "refit_params": tuned_params, "default_refit_params": default_params},
                "models": {}}
     per_user = []
     run_cfg = cfg.to_dict()
@@ -673,15 +740,8 @@ def _refit(ctx: _Context, dataset, split, best: dict, quiet: bool = False) -> No
     for name, typ, params, mseed in rows:
         if not quiet:
             print(f"[animerec] refit on train+validation: {name} ...", file=sys.stderr, flush=True)
-        model = registry.build(typ, params, mseed, where=f" (refit of {name})")
-        model.log_dir = str(out / "logs" / f"refit_{name}")
-        if Path(model.log_dir).exists():
-            shutil.rmtree(model.log_dir)
-        t0 = time.perf_counter()
-        model.fit(train_val, None)
-        fit_seconds = time.perf_counter() - t0
-        res = ctx.evaluate(model, split, part="test")
-        metrics["models"][name] = {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
+        model, res, m = _fit_score(ctx, typ, params, mseed, train_val, None, split, "test", f"refit_{name}")
+        metrics["models"][name] = m
         model.save(out / "models" / name)
         per_user.append(res.per_user.assign(model=name))
         del model
@@ -692,9 +752,10 @@ def _refit(ctx: _Context, dataset, split, best: dict, quiet: bool = False) -> No
     R.atomic_write_text(out / "table.md", table)
     if not quiet:
         hp = ", ".join(f"{k}={_short(v)}" for k, v in best["hyperparameters"].items())
+        dv = summary["default"]["objective"]
         print(f"\n{cfg.experiment} — {dataset.name}, {split.name}; refit on train+validation, scored on test\n"
-              f"{spec.name}_tuned: {hp} (trial {best['trial_id']}, val {ctx.objective} = {best['value']:.4f})\n\n"
-              f"{table}\ntuning folder: {out}")
+              f"{spec.name}_tuned: {hp} (trial {best['trial_id']}; val {ctx.objective} {best['value']:.4f}, "
+              f"default {dv:.4f})\n\n{table}\ntuning folder: {out}")
 
 
 __all__ = ["tune", "check_space", "check_objective", "tuned_spec", "tuning_dir", "rss_mb"]

@@ -139,6 +139,36 @@ def test_failed_trial_raises_is_recorded_and_rerun_on_resume(tmp_path):
 
 
 @pytest.mark.keras
+def test_bayesian_never_repeats_a_configuration(tmp_path):
+    from research.tuning import tune
+
+    space = ('[models.bias.space]\nuser_damping = {type="choice", values=[0.0, 25.0]}\n'
+             'clip = {type="boolean"}\n')  # 4 configurations, budget 6
+    out = tune(_cfg(tmp_path, 'oracle = "bayesian"\nmax_trials = 6', models="[models.bias]\n" + space),
+               _dataset(), quiet=True)
+    hps = [tuple(sorted(r["hyperparameters"].items())) for r in _tuning(out)["trials"]]
+    assert len(hps) == 4 and len(set(hps)) == 4  # the space is exhausted, nothing ran twice
+
+
+@pytest.mark.keras
+def test_hyperband_gives_keras_models_its_epochs(tmp_path):
+    from research.tuning import tune
+
+    models = ('[models.embedding_dot]\ndim = 4\nbatch_size = 256\nlearning_rate = 0.05\nl2 = 1.0\n'
+              '[models.embedding_dot.space]\nl2 = {type="float", min=0.1, max=10.0, sampling="log"}\n')
+    calls = []
+    out = tune(_cfg(tmp_path, 'oracle = "hyperband"\nmax_epochs = 3\nhyperband_factor = 3\nmax_trials = 4',
+                    models=models), _dataset(), quiet=True, trial_hook=lambda tid, p: calls.append(p["epochs"]))
+    t = _tuning(out)["trials"]
+    # bracket 1 of Hyperband(max_epochs=3, factor=3): three 1-epoch trials, then the best for 3 epochs
+    assert calls == [1, 1, 1, 3]
+    assert [r["hyperparameters"]["epochs"] for r in t] == [1, 1, 1, 3]
+    best_of_round0 = min(t[:3], key=lambda r: r["objective"])
+    assert t[3]["hyperparameters"]["l2"] == best_of_round0["hyperparameters"]["l2"]
+    assert all(r["metrics"]["fit_epochs"] <= r["hyperparameters"]["epochs"] for r in t)
+
+
+@pytest.mark.keras
 def test_retrain_on_full_writes_table_with_baselines_tuned_and_default(tmp_path):
     from research.tuning import tune
 
@@ -155,6 +185,9 @@ def test_retrain_on_full_writes_table_with_baselines_tuned_and_default(tmp_path)
     default = Bias(seed=child_seed(0, "bias")).fit(tv, None)
     assert m["models"]["bias_tuned"]["rmse"] == pytest.approx(evaluate(tuned, split).summary["rmse"], abs=1e-12)
     assert m["models"]["bias"]["rmse"] == pytest.approx(evaluate(default, split).summary["rmse"], abs=1e-12)
+    # the untuned default's validation score, the number the search had to beat
+    d = Bias(seed=child_seed(0, "bias")).fit(split.train, split.val)
+    assert _tuning(out)["default"]["objective"] == pytest.approx(evaluate(d, split, part="val").summary["rmse"])
     # the folder is a run folder: the tuned model reloads for `animerec recommend --run`
     from research.experiment import load_model, load_run
 
