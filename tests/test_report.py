@@ -1,6 +1,7 @@
 """research.report: tables from fabricated run folders (means, stds, absent metrics, Wilcoxon marks,
 determinism) and one tiny real experiment run twice (same seed -> same table)."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -148,29 +149,37 @@ def test_markdown_table_used_by_runner():
     assert "| m | 1.5000 ± 0.7071 |" in t
 
 
-def _toy_dataset(n_users=40, n_items=30, seed=0):
-    from research.data.interactions import build_dataset
-
-    r = np.random.default_rng(seed)
-    rows = []
-    for u in range(n_users):
-        for i in r.choice(n_items, 12, replace=False):
-            rows.append((u + 100, int(i) + 1, float(r.integers(1, 11))))
-    frame = pd.DataFrame(rows, columns=["user", "item", "rating"])
-    return build_dataset(frame, name="toy")
+def _without_fit_seconds(md: str) -> str:
+    lines = md.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    col = [c.strip() for c in lines[header].strip("|").split("|")].index("fit_seconds")
+    out = []
+    for i, line in enumerate(lines):
+        if i >= header and line.startswith("|"):
+            cells = line.strip("|").split("|")
+            line = "|".join(c for j, c in enumerate(cells) if j != col)
+        out.append(line)
+    return "\n".join(out)
 
 
 def test_same_seed_same_table(tmp_path):
-    """A tiny experiment run twice with the same seed writes the same table.md."""
+    """A tiny synthetic experiment run twice with the same seed writes the same table.md, and the
+    report over it is the same too — except fit_seconds, a wall-clock time, which is dropped."""
     from research import config
-    from research.experiment import run_seed
+    from research.experiment import run
 
-    raw = {"experiment": "tiny", "seeds": [3], "results_dir": str(tmp_path / "a"),
-           "models": {"global_mean": {}, "bias": {}, "popularity": {}}}
-    tables = []
+    tables, reports = [], []
     for sub in ("a", "b"):
-        cfg = config.from_dict({**raw, "results_dir": str(tmp_path / sub)})
-        d = run_seed(cfg, _toy_dataset(), 3, quiet=True)
-        tables.append((d / "table.md").read_text())
+        cfg = config.from_dict({"experiment": "tiny", "seeds": [3], "results_dir": str(tmp_path / sub),
+                                "data": {"source": "synth"},
+                                "synth": {"users": 60, "items": 80, "ratings_per_user": 15, "seed": 1},
+                                "models": {"global_mean": {}, "bias": {}, "popularity": {}}})
+        (d,) = run(cfg, quiet=True)
+        tables.append(_without_fit_seconds((d / "table.md").read_text()))
+        report.build("tiny", results_dir=tmp_path / sub, figures=False)
+        # the config hash covers results_dir, which differs between the two folders
+        text = (tmp_path / sub / "tables" / "tiny.md").read_text()
+        reports.append(re.sub(r"config hash: \w+", "config hash: H", _without_fit_seconds(text)))
     assert tables[0] == tables[1]
-    assert "| bias |" in tables[0] and "ndcg@10" in tables[0]
+    assert reports[0] == reports[1]
+    assert " bias |" in tables[0] and "ndcg@10" in tables[0]
