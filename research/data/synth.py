@@ -1,0 +1,739 @@
+"""Seeded MyAnimeList-shaped synthetic data with planted ground truth, at any size.
+
+``generate`` writes the five raw files of the "Anime Recommendation Database 2020" (mal2020)
+with the real files' headers, quoting and quirks (``Unknown`` in many columns, sparse MAL ids,
+the misspelt ``sypnopsis`` column, score 0 = "watched, not scored", CRLF line endings in
+``rating_complete.csv`` as in the real file), so the same ``mal2020`` adapter reads real and
+synthetic data. Beside them, ``truth.npz`` holds everything that was planted.
+
+The generative model (all constants in ``PARAMS``; ``z`` is on a latent scale, sd about 1):
+
+- **Genres**: the 40 most common real MAL genres. Each anime has 1-4 of them, drawn by the real
+  genre frequencies (flattened); 0.4% have none (``Genres = Unknown``, as in the real file).
+  ``m_i`` is the item's multi-hot genre row divided by sqrt(number of genres).
+- **Segments**: ``segments`` taste segments. Segment ``s`` has a genre-taste row ``T[s]``: small
+  noise, +``fav_boost`` on its ``fav_genres`` favourite genres (disjoint across segments while
+  genres last) and -``dislike`` on a couple of others. A user in segment ``s`` has taste
+  ``t_u = T[s] + N(0, user_taste_sd)``; their genre affinity for anime ``i`` is ``a_ui = t_u . m_i``.
+- **Factors and biases**: ``p_u, q_i`` (``factors`` dims) with ``p_u . q_i`` of sd ``pq_sd``;
+  user bias ``b_u`` and item bias ``b_i``.
+- **What users watch**: each user watches ``n_u`` anime (log-normal across users with mean
+  ``ratings_per_user`` rated ones, at least ``min(5, ratings_per_user)``), drawn without replacement
+  with weights ``exp(log_pop_i + choice_taste * a_ui + choice_pq * p_u . q_i)`` (Gumbel top-k).
+  ``log_pop_i`` is log-normal "exposure" correlated with ``b_i`` (good anime are popular, as on
+  MAL where Score and log Members correlate at 0.7), so a few anime take most of the ratings.
+- **How they rate**: ``z = b_u + b_i + p_u . q_i + rating_taste * a_ui + N(0, noise_sd)``, cut at
+  fixed thresholds placed so that the ratings follow MyAnimeList's skewed 1-10 distribution
+  (mode 8, few 1-3): an ordinal-probit model, so "higher z, higher rating" holds exactly.
+- **The anime list**: the rated rows (status 2, completed, as ``rating_complete.csv`` holds exactly
+  these), plus score-0 rows (watched, not scored; ``unrated_fraction`` of the watched rows, with
+  statuses completed / watching / on hold / dropped), plus a few plan-to-watch rows (status 6,
+  score 0, 0 episodes) taken from the items the user would have picked next.
+- **Catalogue statistics** (Score, Members, Score-10..Score-1, ...) describe a large "MAL
+  community" simulated from the planted item parameters, not the sampled ratings, so a model that
+  uses ``Score`` as a side feature does not read the test ratings through it.
+
+Scale: users are generated in fixed-size chunks (a deterministic function of ``items``), each
+vectorised in numpy over a (chunk users x items) matrix and appended to the CSVs with pyarrow, so
+memory is bounded by the chunk and the per-user / per-item parameters, never by the rating count.
+Every random draw comes from a named child stream of ``seed`` (``research.seeding``): the same
+arguments give byte-identical files, and the global RNG is never touched.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+
+from research.errors import ConfigError
+from research.seeding import child_seed, rng as child_rng
+
+# ---------------------------------------------------------------------------------------------
+# Fixed vocabularies (taken from the real mal2020 files)
+
+#: The 40 most common genres of the real anime.csv with their counts there (2020 catalogue).
+GENRE_COUNTS = (
+    ("Comedy", 6029), ("Action", 3888), ("Fantasy", 3285), ("Adventure", 2957), ("Kids", 2665),
+    ("Drama", 2619), ("Sci-Fi", 2583), ("Music", 2244), ("Shounen", 2003), ("Slice of Life", 1914),
+    ("Romance", 1899), ("School", 1642), ("Supernatural", 1479), ("Hentai", 1348),
+    ("Historical", 1144), ("Mecha", 1101), ("Magic", 1081), ("Seinen", 830), ("Ecchi", 767),
+    ("Mystery", 727), ("Sports", 713), ("Shoujo", 688), ("Parody", 660), ("Super Power", 632),
+    ("Military", 576), ("Dementia", 512), ("Demons", 501), ("Space", 495), ("Horror", 462),
+    ("Martial Arts", 425), ("Harem", 399), ("Game", 386), ("Psychological", 345), ("Police", 247),
+    ("Samurai", 202), ("Vampire", 136), ("Cars", 133), ("Thriller", 131), ("Shounen Ai", 100),
+    ("Josei", 97),
+)
+GENRES = tuple(g for g, _ in GENRE_COUNTS)
+
+#: Words a synopsis of each genre tends to use (the content models' signal).
+GENRE_WORDS = {
+    "Comedy": "hilarious antics misadventures gags prank awkward silly laughs",
+    "Action": "battle fight explosive enemy combat weapons clash showdown",
+    "Fantasy": "kingdom sword elf dragon realm quest sorcery legendary",
+    "Adventure": "journey explore treasure voyage map expedition uncharted wander",
+    "Kids": "friends fun lesson puppy colorful playful cheerful little",
+    "Drama": "tragedy grief family loss tears struggle sacrifice betrayal",
+    "Sci-Fi": "future technology android experiment laboratory dimension cyber scientist",
+    "Music": "song band concert idol melody stage singer guitar",
+    "Shounen": "rival training stronger tournament determination dream champion power",
+    "Slice of Life": "everyday cafe ordinary routine neighborhood quiet seasons chores",
+    "Romance": "love confession heart crush date kiss feelings couple",
+    "School": "classmates student council classroom teacher club exam campus",
+    "Supernatural": "spirit ghost curse shrine youkai otherworldly haunted yokai",
+    "Hentai": "seduction lust desire erotic intimate forbidden pleasure affair",
+    "Historical": "era shogun feudal dynasty edo ancient meiji century",
+    "Mecha": "robot pilot mech cockpit giant armored mobile suit",
+    "Magic": "spell wizard witch wand magical mage incantation sorcerer",
+    "Seinen": "salaryman adult gritty underworld corporate cynical moral harsh",
+    "Ecchi": "fanservice bath swimsuit panties embarrassing perverted beach springs",
+    "Mystery": "detective clue murder case secret investigate culprit riddle",
+    "Sports": "team match coach baseball basketball soccer volleyball court",
+    "Shoujo": "princess sparkling prince blush admirer graceful maiden fairytale",
+    "Parody": "spoof satire references mockery absurd lampoon tropes send-up",
+    "Super Power": "ability superhuman powers awakened telekinesis esper gifted quirk",
+    "Military": "army soldier war squadron general frontline tactics platoon",
+    "Dementia": "surreal dreamlike abstract hallucination distorted fragmented bizarre void",
+    "Demons": "demon hell devil oni exorcist contract underworld fiend",
+    "Space": "spaceship galaxy planet asteroid fleet orbit starship cosmos",
+    "Horror": "blood terror monster nightmare gore scream zombie dread",
+    "Martial Arts": "kung dojo fist master technique sensei kick discipline",
+    "Harem": "girls suitors rivals affection household popular competing hearts",
+    "Game": "player virtual online level guild mmo boss console",
+    "Psychological": "mind sanity manipulation trauma paranoia consciousness obsession psyche",
+    "Police": "officer crime arrest precinct criminal patrol cop law",
+    "Samurai": "katana ronin swordsman bushido clan duel honor blade",
+    "Vampire": "vampires fangs immortal night bite coffin crimson undead",
+    "Cars": "race racing drift engine driver speed circuit highway",
+    "Thriller": "conspiracy chase deadly hostage countdown suspense escape hunted",
+    "Shounen Ai": "boys bond tender longing gentle closeness devotion friendship",
+    "Josei": "career woman office marriage independent relationship mature thirties",
+}
+FILLER_WORDS = (
+    "the a an of to and in his her their when after must one young world story life new "
+    "finds himself herself who with that this is was but as they everything begins day time "
+    "soon only way can never true people town city own old school year secret known"
+).split()
+
+NAME_WORDS = (
+    "Kaze Hoshi Sora Tenshi Yume Kokoro Hikari Tsubasa Mahou Senki Gakuen Monogatari Densetsu "
+    "Kimi Boku Sekai Ai Hana Tsuki Yoru Asa Umi Mori Kami Oni Ken Tamashii Shinobi Koi Natsu Fuyu "
+    "Haru Aki Kiseki Mirai Kage Honoo Mizu Ryuu Tora Neko Inu Yuusha Maou Majo Hime Ouji Kishi "
+    "Hoshizora Hanabi Sakura Ginga Uchuu Shoujo Shounen Kaizoku Tantei Senshi Kaidan Nichijou"
+).split()
+NAME_SUFFIX = ("", "", "", "", "", " 2nd Season", " (TV)", " Movie", " OVA", " Specials", " Recap",
+               ": The Movie", " Zero", " II", " Final")
+ENGLISH_WORDS = (
+    "Star Wind Dream Heart Light Wings Magic Legend World Sky Sea Moon Night Flower Blade Spirit "
+    "Ghost Knight Princess Hero Demon Shadow Fire Water Dragon Tiger Cat Dog Pirate Detective "
+    "Soldier Tale Miracle Future Galaxy Summer Winter Spring Autumn Academy Chronicles Saga"
+).split()
+KATAKANA = list("アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワン")
+KANJI = list("星空風夢心光翼魔法戦記学園物語伝説君僕世界愛花月夜朝海森神鬼剣魂忍恋夏冬春秋奇跡未来影炎水竜虎猫犬勇者王女姫騎士")
+
+STUDIOS = ("Toei Animation", "Sunrise", "J.C.Staff", "Madhouse", "Production I.G", "TMS Entertainment",
+           "Studio Deen", "Pierrot", "OLM", "A-1 Pictures", "Shin-Ei Animation", "Tatsunoko Production",
+           "Nippon Animation", "Xebec", "Bones", "Kyoto Animation", "Shaft", "Gonzo", "Brain's Base",
+           "Doga Kobo", "Silver Link.", "Lerche", "MAPPA", "Wit Studio", "Ufotable", "LIDENFILMS")
+PRODUCERS = ("NHK", "Aniplex", "TV Tokyo", "Bandai Visual", "Lantis", "Pony Canyon", "Dentsu",
+             "Movic", "Kadokawa Shoten", "Fuji TV", "Shueisha", "Kodansha", "Sotsu", "Genco",
+             "Frontier Works", "AT-X", "Sanrio", "Pink Pineapple", "Victor Entertainment", "Avex Pictures")
+LICENSORS = ("Funimation", "Sentai Filmworks", "VIZ Media", "Aniplex of America", "Media Blasters",
+             "Discotek Media", "Bandai Entertainment", "NIS America, Inc.", "Geneon Entertainment USA")
+SOURCES = (("Original", .297), ("Manga", .218), ("Unknown", .203), ("Visual novel", .057),
+           ("Game", .05), ("Light novel", .044), ("Other", .034), ("Novel", .029), ("Music", .018),
+           ("4-koma manga", .016), ("Web manga", .014), ("Picture book", .008), ("Book", .006),
+           ("Card game", .004), ("Digital manga", .001), ("Radio", .001))
+TYPES = (("TV", .284), ("OVA", .222), ("Movie", .173), ("Special", .126), ("ONA", .109),
+         ("Music", .084), ("Unknown", .002))
+AGE_RATINGS = ("PG-13 - Teens 13 or older", "G - All Ages", "PG - Children",
+               "R - 17+ (violence & profanity)", "R+ - Mild Nudity")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+SEASONS = ("Winter", "Winter", "Winter", "Spring", "Spring", "Spring", "Summer", "Summer", "Summer",
+           "Fall", "Fall", "Fall")
+NO_SYNOPSIS = ("No synopsis information has been added to this title. Help improve our database by "
+               "adding a synopsis here .")
+
+#: The real 1-10 rating shares of rating_complete.csv (first 100k rows), the ordinal thresholds'
+#: target marginal.
+MAL_RATING_SHARES = (.006, .007, .011, .024, .057, .110, .219, .258, .178, .130)
+
+ANIME_COLUMNS = (
+    "MAL_ID", "Name", "Score", "Genres", "English name", "Japanese name", "Type", "Episodes", "Aired",
+    "Premiered", "Producers", "Licensors", "Studios", "Source", "Duration", "Rating", "Ranked",
+    "Popularity", "Members", "Favorites", "Watching", "Completed", "On-Hold", "Dropped",
+    "Plan to Watch", "Score-10", "Score-9", "Score-8", "Score-7", "Score-6", "Score-5", "Score-4",
+    "Score-3", "Score-2", "Score-1",
+)
+SYNOPSIS_COLUMNS = ("MAL_ID", "Name", "Score", "Genres", "sypnopsis")
+RATING_COLUMNS = ("user_id", "anime_id", "rating")
+ANIMELIST_COLUMNS = ("user_id", "anime_id", "score", "watching_status", "watched_episodes")
+#: watching_status.csv, byte for byte as the real file (space in the header, no final newline).
+WATCHING_STATUS = b"status, description\n1,Currently Watching\n2,Completed\n3,On Hold\n4,Dropped\n6,Plan to Watch"
+
+FILES = ("anime.csv", "anime_with_synopsis.csv", "rating_complete.csv", "animelist.csv",
+         "watching_status.csv", "truth.npz")
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Constants of the generative model (see the module docstring). Changing one changes the data."""
+
+    user_bias_sd: float = 0.45
+    item_bias_sd: float = 0.5
+    pq_sd: float = 0.7  # sd of p_u . q_i
+    rating_taste: float = 0.5  # weight of the genre affinity a_ui in the latent rating z
+    noise_sd: float = 0.5  # rating noise on the latent scale
+    rating_shift: float = 1.0  # shifts the thresholds up: chosen anime have high z (selection bias)
+    fav_genres: int = 3  # favourite genres per segment
+    fav_boost: float = 1.6
+    dislike: float = 0.8  # taste for the two disliked genres of a segment
+    n_disliked: int = 2
+    segment_taste_sd: float = 0.25  # noise in the segment taste rows
+    user_taste_sd: float = 0.35  # per-user deviation from the segment taste
+    pop_sd: float = 2.2  # sd of log exposure
+    pop_bias_corr: float = 0.5  # correlation of log exposure with the item bias
+    choice_taste: float = 3.0  # weight of a_ui in what a user watches
+    choice_pq: float = 1.5  # weight of p_u . q_i in what a user watches
+    count_sigma: float = 0.87  # log-normal sd of ratings per user (real: CV ~1.07)
+    plan_to_watch: float = 0.08  # plan-to-watch rows per rated row
+    no_genre: float = 0.004  # share of anime with Genres = Unknown
+    community: float = 2000.0  # members of an anime of median exposure in the simulated MAL community
+    min_scorers: int = 100  # fewer scoring members -> Score "Unknown" (as MAL hides them)
+
+
+PARAMS = SynthParams()
+
+# cells of the (chunk users x items) matrices; fixes the chunk size as a function of items only
+_CHUNK_CELLS = 1 << 22
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+def generate(out_dir, users: int = 600, items: int = 800, ratings_per_user: int = 60, segments: int = 5,
+             factors: int = 8, unrated_fraction: float = 0.1, seed: int = 0) -> dict:
+    """Write a synthetic data set in the mal2020 raw schema, with its planted truth.
+
+    Args:
+        out_dir: folder to write into (created; existing files of the same names are replaced).
+        users: number of users.
+        items: number of anime in the catalogue.
+        ratings_per_user: mean number of rated anime per user (log-normal across users).
+        segments: number of planted genre-taste segments of users.
+        factors: dimension of the planted user / item latent factors.
+        unrated_fraction: share of the watched ``animelist.csv`` rows with score 0.
+        seed: seed of every random draw.
+
+    Returns:
+        ``{"out_dir", "files": {name: path}, "rows": {name: rows written}, "users", "items",
+        "params"}``; ``rows`` counts data rows (header excluded).
+
+    Raises:
+        ConfigError: on arguments out of range.
+    """
+    _check(users, items, ratings_per_user, segments, factors, unrated_fraction)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    P = PARAMS
+    truth = _plant(users, items, ratings_per_user, segments, factors, seed, P)
+    cat = _catalogue(truth, seed, P)
+
+    anime = cat.loc[:, list(ANIME_COLUMNS)]
+    anime.to_csv(out / "anime.csv", index=False, lineterminator="\n")
+    syn = cat.loc[~cat["_hentai"], list(SYNOPSIS_COLUMNS)]
+    syn.to_csv(out / "anime_with_synopsis.csv", index=False, lineterminator="\n")
+    (out / "watching_status.csv").write_bytes(WATCHING_STATUS)
+
+    n_rated, n_list = _write_interactions(out, truth, unrated_fraction, seed, P)
+    truth["item_episodes"] = cat["_episodes"].to_numpy(np.int32)
+    _write_npz(out / "truth.npz", truth, params={
+        "users": users, "items": items, "ratings_per_user": ratings_per_user, "segments": segments,
+        "factors": factors, "unrated_fraction": unrated_fraction, "seed": seed, **asdict(P)})
+    files = {name: str(out / name) for name in FILES}
+    rows = {"anime.csv": len(anime), "anime_with_synopsis.csv": len(syn), "rating_complete.csv": n_rated,
+            "animelist.csv": n_list, "watching_status.csv": 5}
+    return {"out_dir": str(out), "files": files, "rows": rows, "users": users, "items": items,
+            "params": asdict(P)}
+
+
+def load_truth(out_dir) -> dict:
+    """The planted truth of a generated folder: a dict of numpy arrays (and ``params``, a dict).
+
+    Keys: ``user_ids``, ``item_ids`` (MAL ids, in the order of every per-user / per-item array),
+    ``genres`` (names), ``item_genres`` (items x genres, bool), ``user_segment``, ``segment_taste``
+    (segments x genres), ``segment_favourites`` (segments x fav_genres, genre indices),
+    ``user_taste`` (users x genres), ``user_bias``, ``item_bias``, ``user_factors``,
+    ``item_factors``, ``item_log_popularity``, ``item_episodes``, ``rating_thresholds`` (9 cut
+    points of z), ``n_rated`` (rated rows per user).
+    """
+    with np.load(Path(out_dir) / "truth.npz", allow_pickle=False) as z:
+        out = {k: z[k] for k in z.files}
+    out["params"] = json.loads(out.pop("params_json").item())
+    return out
+
+
+def latent_rating(truth: dict, user_index, item_index) -> np.ndarray:
+    """The noiseless latent ``z`` of (user index, item index) pairs (indices into ``truth`` arrays).
+
+    ``rating = 1 + number of rating_thresholds below z + noise``: the oracle a model can approach.
+    """
+    u, i = np.asarray(user_index), np.asarray(item_index)
+    p = truth["params"]
+    m = _genre_rows(truth["item_genres"])
+    a = np.einsum("ng,ng->n", truth["user_taste"][u].astype(np.float64), m[i])
+    return (truth["user_bias"][u] + truth["item_bias"][i]
+            + np.einsum("nf,nf->n", truth["user_factors"][u], truth["item_factors"][i])
+            + p["rating_taste"] * a)
+
+
+# ---------------------------------------------------------------------------------------------
+# The planted parameters
+
+def _check(users, items, ratings_per_user, segments, factors, unrated_fraction) -> None:
+    def whole(name, v, lo):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+            raise ConfigError(f"synth.{name} must be an integer >= {lo}, got {v!r}")
+    whole("users", users, 1)
+    whole("items", items, 10)
+    whole("ratings_per_user", ratings_per_user, 1)
+    whole("segments", segments, 1)
+    whole("factors", factors, 1)
+    if ratings_per_user > items // 2:
+        raise ConfigError(f"synth.ratings_per_user ({ratings_per_user}) must be at most half of "
+                          f"synth.items ({items})")
+    if segments > users:
+        raise ConfigError(f"synth.segments ({segments}) must be at most synth.users ({users})")
+    if not (isinstance(unrated_fraction, (int, float)) and 0.0 <= unrated_fraction < 1.0):
+        raise ConfigError(f"synth.unrated_fraction must be in [0, 1), got {unrated_fraction!r}")
+
+
+def _genre_rows(item_genres: np.ndarray) -> np.ndarray:
+    """m_i: multi-hot genre rows scaled to unit length (zero rows for anime without genres)."""
+    g = item_genres.astype(np.float64)
+    k = g.sum(axis=1, keepdims=True)
+    return g / np.sqrt(np.maximum(k, 1.0))
+
+
+def _plant(n_users, n_items, ratings_per_user, n_seg, n_fac, seed, P: SynthParams) -> dict:
+    n_gen = len(GENRES)
+    counts = np.array([c for _, c in GENRE_COUNTS], dtype=np.float64)
+
+    # items: ids, genres, biases, factors, exposure (independent of the number of users)
+    r = child_rng(seed, "synth/items")
+    span = max(48_492, 3 * n_items)  # real MAL ids run to 48,492 with gaps
+    item_ids = np.sort(r.choice(span, size=n_items, replace=False) + 1).astype(np.int64)
+    k = r.choice(4, size=n_items, p=[.28, .3, .24, .18]) + 1
+    k[r.random(n_items) < P.no_genre] = 0
+    w = np.log(counts ** 0.75)  # flattened real frequencies: rare genres still get anime
+    keys = w[None, :] - np.log(r.standard_exponential((n_items, n_gen)))
+    rank = np.argsort(np.argsort(-keys, axis=1, kind="stable"), axis=1, kind="stable")
+    item_genres = rank < k[:, None]
+    quality = r.normal(size=n_items)
+    item_bias = P.item_bias_sd * quality
+    item_factors = r.normal(0.0, 1.0, (n_items, n_fac)) * math.sqrt(P.pq_sd / math.sqrt(n_fac))
+    rho = P.pop_bias_corr
+    log_pop = P.pop_sd * (rho * quality + math.sqrt(1 - rho * rho) * r.normal(size=n_items))
+
+    # segments: favourite genres disjoint across segments while there are enough of them
+    r = child_rng(seed, "synth/segments")
+    eligible = np.array([g not in ("Hentai",) for g in GENRES])
+    fav_w = np.where(eligible, np.sqrt(counts), 0.0)
+    favs = np.zeros((n_seg, P.fav_genres), dtype=np.int64)
+    taste = r.normal(0.0, P.segment_taste_sd, (n_seg, n_gen))
+    pool: list[int] = []
+    for s in range(n_seg):
+        if len(pool) < P.fav_genres:  # a fresh weighted permutation of the eligible genres
+            pool = list(np.argsort(np.log(fav_w + 1e-300) - np.log(r.standard_exponential(n_gen)))[::-1]
+                        [:int(eligible.sum())])
+        favs[s] = pool[:P.fav_genres]
+        del pool[:P.fav_genres]
+        taste[s, favs[s]] += P.fav_boost
+        others = np.setdiff1d(np.arange(n_gen), favs[s])
+        taste[s, r.choice(others, size=P.n_disliked, replace=False)] -= P.dislike
+    seg_share = r.dirichlet(np.full(n_seg, 8.0))  # unequal but never tiny segments
+
+    # users (O(users) arrays, drawn once so that the chunking never changes them)
+    r = child_rng(seed, "synth/users")
+    user_ids = np.cumsum(1 + (r.random(n_users) < 0.05)) - 1  # a few ids skipped, as in the real file
+    user_segment = r.choice(n_seg, size=n_users, p=seg_share)
+    user_segment[:n_seg] = np.arange(n_seg)  # every segment has at least one user
+    user_taste = (taste[user_segment] + r.normal(0.0, P.user_taste_sd, (n_users, n_gen))).astype(np.float32)
+    user_bias = r.normal(0.0, P.user_bias_sd, n_users)
+    user_factors = r.normal(0.0, 1.0, (n_users, n_fac)) * math.sqrt(P.pq_sd / math.sqrt(n_fac))
+    min_r = min(5, ratings_per_user)
+    cap = max(min_r, int(0.6 * n_items))
+    mu = math.log(ratings_per_user) - P.count_sigma ** 2 / 2
+    n_rated = np.clip(np.rint(r.lognormal(mu, P.count_sigma, n_users)), min_r, cap).astype(np.int64)
+
+    # ordinal thresholds: the real marginal under z ~ N(shift, sd of z)
+    # (sd of a_ui from 1,000 pseudo-users of a separate stream, so that the thresholds, and with
+    # them the catalogue's statistics, do not change with the number of users)
+    r = child_rng(seed, "synth/calibration")
+    pseudo = taste[r.choice(n_seg, size=1000, p=seg_share)] + r.normal(0.0, P.user_taste_sd, (1000, n_gen))
+    m = _genre_rows(item_genres)
+    a_sd = float(np.std(pseudo @ m[: min(n_items, 2000)].T))
+    z_sd = math.sqrt(P.user_bias_sd ** 2 + P.item_bias_sd ** 2 + P.pq_sd ** 2
+                     + (P.rating_taste * a_sd) ** 2 + P.noise_sd ** 2)
+    cum = np.cumsum(MAL_RATING_SHARES)[:-1]
+    thresholds = np.array([P.rating_shift + z_sd * NormalDist().inv_cdf(float(c)) for c in cum])
+
+    return {
+        "user_ids": user_ids.astype(np.int64), "item_ids": item_ids, "genres": np.array(GENRES),
+        "item_genres": item_genres, "user_segment": user_segment.astype(np.int64),
+        "segment_taste": taste, "segment_favourites": favs, "segment_share": seg_share,
+        "user_taste": user_taste, "user_bias": user_bias, "item_bias": item_bias,
+        "user_factors": user_factors, "item_factors": item_factors, "item_log_popularity": log_pop,
+        "rating_thresholds": thresholds, "n_rated": n_rated,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Users' lists and ratings, chunk by chunk
+
+def _write_interactions(out: Path, truth: dict, unrated_fraction: float, seed: int,
+                        P: SynthParams) -> tuple[int, int]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    n_users, n_items = len(truth["user_ids"]), len(truth["item_ids"])
+    m = _genre_rows(truth["item_genres"]).astype(np.float32)
+    q = truth["item_factors"].astype(np.float32)
+    log_pop = truth["item_log_popularity"].astype(np.float32)
+    episodes = _episodes_internal(truth, seed)
+    thresholds = truth["rating_thresholds"]
+    odds = unrated_fraction / (1.0 - unrated_fraction)
+    chunk = max(1, _CHUNK_CELLS // n_items)
+    n_rated_rows = n_list_rows = 0
+    opts = dict(include_header=False, quoting_style="none", batch_size=1 << 16)
+    # the real rating_complete.csv has CRLF line endings; animelist.csv has LF
+    with open(out / "rating_complete.csv", "wb") as f_rate, open(out / "animelist.csv", "wb") as f_list:
+        f_rate.write((",".join(RATING_COLUMNS) + "\r\n").encode())
+        f_list.write((",".join(ANIMELIST_COLUMNS) + "\n").encode())
+        for c, start in enumerate(range(0, n_users, chunk)):
+            u = np.arange(start, min(start + chunk, n_users))
+            r = np.random.default_rng(child_seed(seed, f"synth/chunk/{c}"))
+            rows = _chunk(u, truth, m, q, log_pop, episodes, thresholds, odds, r, P)
+            rc = pa.table({"user_id": rows["user_id"][rows["rate_order"]],
+                           "anime_id": rows["anime_id"][rows["rate_order"]],
+                           "rating": rows["score"][rows["rate_order"]]})
+            pacsv.write_csv(rc, f_rate, pacsv.WriteOptions(eol="\r\n", **opts))
+            al = pa.table({name: rows[name] for name in ANIMELIST_COLUMNS})
+            pacsv.write_csv(al, f_list, pacsv.WriteOptions(eol="\n", **opts))
+            n_rated_rows += len(rc)
+            n_list_rows += len(al)
+    return n_rated_rows, n_list_rows
+
+
+def _chunk(u, truth, m, q, log_pop, episodes, thresholds, odds, r: np.random.Generator,
+           P: SynthParams) -> dict:
+    """All anime-list rows of users ``u`` (indices), grouped by user in index order, plus
+    ``rate_order``: the positions of the rated rows in ``rating_complete.csv`` order."""
+    n_items = len(log_pop)
+    n_rated = truth["n_rated"][u]
+    n_unrated = r.poisson(n_rated * odds) if odds > 0 else np.zeros_like(n_rated)
+    n_ptw = r.poisson(n_rated * P.plan_to_watch)
+    cap = int(0.8 * n_items)
+    n_unrated = np.minimum(n_unrated, cap - n_rated)
+    n_watch = n_rated + n_unrated
+    n_ptw = np.minimum(n_ptw, cap - n_watch)
+    n_tot = n_watch + n_ptw
+
+    # choice: Gumbel top-k over exp(log_pop + choice_taste * a_ui + choice_pq * p_u . q_i), i.e.
+    # successive sampling without replacement; one (chunk x items) matrix, updated in place
+    taste = truth["user_taste"][u]
+    pu = truth["user_factors"][u].astype(np.float32)
+    left = np.hstack([P.choice_taste * taste, P.choice_pq * pu]).astype(np.float32)
+    key = left @ np.hstack([m, q]).T
+    key += log_pop[None, :]
+    noise = r.standard_exponential(key.shape, dtype=np.float32)
+    with np.errstate(divide="ignore"):  # an exponential draw of exactly 0 gives +inf: picked first
+        np.log(noise, out=noise)
+    key -= noise
+    del noise
+    kmax = int(n_tot.max())
+    np.negative(key, out=key)
+    if 4 * kmax >= n_items:
+        top = np.argsort(key, axis=1, kind="stable")[:, :kmax]
+    else:
+        top = np.argpartition(key, kmax - 1, axis=1)[:, :kmax]
+        top = np.take_along_axis(top, np.argsort(np.take_along_axis(key, top, axis=1), axis=1,
+                                                 kind="stable"), axis=1)
+    del key
+    n_rows = len(u)
+    pos = np.arange(kmax)[None, :]
+    valid = pos < n_tot[:, None]
+    watched = pos < n_watch[:, None]
+    # which watched anime go unscored: a random n_unrated of them, whatever their rank
+    pick = np.argsort(np.where(watched, r.random(top.shape), 2.0), axis=1, kind="stable")
+    unrated = np.zeros(top.shape, dtype=bool)
+    np.put_along_axis(unrated, pick, pos < n_unrated[:, None], axis=1)
+    rated = watched & ~unrated
+
+    lu, li = np.nonzero(rated)
+    li = top[lu, li]  # rated pairs, row-major: grouped by user
+    gu = u[lu]
+    a = np.einsum("ng,ng->n", taste[lu].astype(np.float64), m[li].astype(np.float64))
+    z = (truth["user_bias"][gu] + truth["item_bias"][li]
+         + np.einsum("nf,nf->n", truth["user_factors"][gu], truth["item_factors"][li])
+         + P.rating_taste * a + r.normal(0.0, P.noise_sd, len(li)))
+    score = np.zeros(top.shape, dtype=np.int8)
+    score[rated] = (1 + np.searchsorted(thresholds, z)).astype(np.int8)
+
+    status = np.full(top.shape, 6, dtype=np.int8)
+    status[rated] = 2
+    status[unrated] = r.choice(np.array([2, 1, 3, 4], np.int8), size=int(unrated.sum()),
+                               p=[.55, .2, .1, .15])
+    ep = episodes[top]
+    partial = np.floor(r.random(top.shape) * ep).astype(np.int32)  # 0 .. episodes-1
+    watched_ep = np.where(status == 2, ep, np.where(status == 6, 0, partial)).astype(np.int32)
+
+    # output order within a user: by status, then at random (the real lists are grouped by status);
+    # invalid slots sort last, so the first n_tot slots of each sorted row are the user's rows
+    order = np.argsort(np.where(valid, status + r.random(top.shape), np.inf), axis=1, kind="stable")
+    flat = (np.arange(n_rows)[:, None] * kmax + order)[valid]
+    row_user = np.repeat(np.arange(n_rows), n_tot)
+    rows = {
+        "user_id": truth["user_ids"][u][row_user],
+        "anime_id": truth["item_ids"][top.ravel()[flat]],
+        "score": score.ravel()[flat], "watching_status": status.ravel()[flat],
+        "watched_episodes": watched_ep.ravel()[flat],
+    }
+    # rating_complete.csv: the rated rows, in a random order within each user
+    idx = np.flatnonzero(rated.ravel()[flat])
+    rows["rate_order"] = idx[np.lexsort((r.random(len(idx)), row_user[idx]))]
+    return rows
+
+
+def _episodes_internal(truth: dict, seed: int) -> np.ndarray:
+    return _catalogue_core(truth, seed)["_episodes"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalogue: anime.csv and anime_with_synopsis.csv
+
+def _catalogue_core(truth: dict, seed: int) -> dict:
+    """Types and episode counts (needed by the anime list as well as the catalogue)."""
+    r = child_rng(seed, "synth/catalogue/core")
+    n = len(truth["item_ids"])
+    gi = {g: j for j, g in enumerate(GENRES)}
+    ig = truth["item_genres"]
+    types = np.array([t for t, _ in TYPES])[r.choice(len(TYPES), size=n, p=_norm([p for _, p in TYPES]))]
+    types = np.where(ig[:, gi["Music"]] & (r.random(n) < 0.5), "Music", types)
+    types = np.where(ig[:, gi["Hentai"]] & (types != "Music"), "OVA", types)
+    tv = r.choice([12, 13, 24, 26, 25, 11, 10, 51, 52, 39, 50, 64, 100, 148],
+                  size=n, p=_norm([30, 16, 6, 14, 4, 4, 3, 3, 5, 2, 3, 1, 1, 1]))
+    few = r.geometric(0.55, size=n)  # OVA / special / short ONA: 1, 2, 3 ... episodes
+    episodes = np.where(types == "TV", tv, np.where(np.isin(types, ["Movie", "Music"]), 1,
+                                                    np.where(types == "ONA", np.where(r.random(n) < .4, tv, few), few)))
+    return {"_types": types, "_episodes": episodes.astype(np.int32)}
+
+
+def _norm(p) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    return p / p.sum()
+
+
+def _catalogue(truth: dict, seed: int, P: SynthParams) -> pd.DataFrame:
+    from scipy.special import ndtr
+
+    core = _catalogue_core(truth, seed)
+    r = child_rng(seed, "synth/catalogue")
+    ids = truth["item_ids"]
+    n = len(ids)
+    ig = truth["item_genres"]
+    gi = {g: j for j, g in enumerate(GENRES)}
+    hentai = ig[:, gi["Hentai"]]
+    types, episodes = core["_types"], core["_episodes"]
+
+    # the community's view of each anime: population rating distribution from the planted model
+    m = _genre_rows(ig)
+    mean_taste = truth["segment_share"] @ truth["segment_taste"]
+    mu = truth["item_bias"] + P.rating_taste * (m @ mean_taste)
+    sd = math.sqrt(P.user_bias_sd ** 2 + P.pq_sd ** 2 + (P.rating_taste * P.user_taste_sd) ** 2
+                   + P.noise_sd ** 2 + 0.1)
+    edges = np.concatenate([[-np.inf], truth["rating_thresholds"], [np.inf]])
+    cdf = ndtr((edges[None, :] - mu[:, None]) / sd)
+    p_score = np.clip(np.diff(cdf, axis=1), 0.0, None)
+    p_score /= p_score.sum(axis=1, keepdims=True)  # p(rating = 1..10)
+    members = np.maximum(1, r.poisson(P.community * np.exp(truth["item_log_popularity"])))
+    share = r.dirichlet([6.0, 58.0, 5.0, 5.0, 26.0], size=n)  # watching, completed, hold, dropped, ptw
+    status = r.multinomial(members, share)
+    scorers = r.binomial(status[:, 1] + status[:, 3] + status[:, 0] // 2, 0.85)
+    hist = r.multinomial(scorers, p_score)  # columns: rating 1..10
+    n_sc = hist.sum(axis=1)
+    mean = (hist * np.arange(1, 11)).sum(axis=1) / np.maximum(n_sc, 1)
+    known = n_sc >= P.min_scorers
+    score_txt = np.array([repr(round(float(x), 2)) if k else "Unknown" for x, k in zip(mean, known)])
+    # Ranked: by Score among scored anime; MAL does not rank hentai
+    order = np.lexsort((ids, -np.where(known, mean, mu / 10.0 - 100.0)))
+    ranked = np.empty(n, dtype=np.int64)
+    ranked[order] = np.arange(1, n + 1)
+    ranked_unknown = hentai | (~known & (r.random(n) < 0.35))
+    ranked_txt = np.where(ranked_unknown, "Unknown", np.char.mod("%d.0", ranked))
+    popularity = np.empty(n, dtype=np.int64)
+    popularity[np.lexsort((ids, -members))] = np.arange(1, n + 1)
+    favorites = r.binomial(hist[:, 9], np.clip(0.02 * np.exp(2.0 * (mean - 7.5)) , 0, 0.5))
+    score_cols = {f"Score-{s}": np.where(hist[:, s - 1] > 0, np.char.mod("%d.0", hist[:, s - 1]), "Unknown")
+                  for s in range(10, 0, -1)}
+
+    names = _names(r, n)
+    genres_txt = ["Unknown" if not row.any() else ", ".join(np.array(GENRES)[row]) for row in ig]
+    year = np.clip(np.rint(2020 - r.gamma(1.6, 6.0, n)), 1917, 2020).astype(int)
+    month = r.integers(0, 12, n)
+    day = r.integers(1, 29, n)
+    weeks = np.maximum(episodes - 1, 0) * 7
+    aired, premiered, duration = [], [], []
+    unk = r.random((n, 8))
+    minutes = r.integers(20, 27, n)
+    short = r.integers(2, 16, n)
+    movie_min = r.integers(45, 130, n)
+    for j in range(n):
+        t = types[j]
+        start = f"{MONTHS[month[j]]} {day[j]}, {year[j]}"
+        if unk[j, 0] < 0.018:
+            aired.append("Unknown")
+        elif unk[j, 0] < 0.04:
+            aired.append(str(year[j]))
+        elif episodes[j] > 1:
+            end = np.datetime64(f"{year[j]:04d}-{month[j] + 1:02d}-{day[j]:02d}") + np.timedelta64(int(weeks[j]), "D")
+            ey, em, ed = str(end).split("-")
+            aired.append(f"{start} to {MONTHS[int(em) - 1]} {int(ed)}, {int(ey)}")
+        else:
+            aired.append(start)
+        premiered.append(f"{SEASONS[month[j]]} {year[j]}" if t == "TV" and unk[j, 1] > 0.05 else "Unknown")
+        if unk[j, 2] < 0.032:
+            duration.append("Unknown")
+        elif t == "Movie":
+            h, mm = divmod(int(movie_min[j]), 60)
+            duration.append(f"{h} hr. {mm} min." if h else f"{mm} min.")
+        elif t == "Music":
+            duration.append(f"{int(short[j]) % 6 + 2} min.")
+        elif t in ("TV", "ONA", "OVA", "Special") and episodes[j] > 1:
+            duration.append(f"{int(minutes[j] if t != 'ONA' else short[j])} min. per ep.")
+        else:
+            duration.append(f"{int(minutes[j])} min.")
+    kids = ig[:, gi["Kids"]]
+    age = np.array(AGE_RATINGS)[r.choice(len(AGE_RATINGS), size=n, p=_norm([.38, .30, .08, .07, .06]))]
+    age = np.where(kids, np.where(r.random(n) < .6, "G - All Ages", "PG - Children"), age)
+    age = np.where(ig[:, gi["Ecchi"]] & (r.random(n) < .5), "R+ - Mild Nudity", age)
+    age = np.where(hentai, "Rx - Hentai", np.where(unk[:, 3] < 0.04, "Unknown", age))
+
+    def listing(names_pool, p_unknown, col, max_k):
+        out = []
+        kk = r.integers(1, max_k + 1, n)
+        pick = r.random((n, len(names_pool))).argsort(axis=1)
+        for j in range(n):
+            if unk[j, col] < p_unknown:
+                out.append("Unknown")
+            else:
+                out.append(", ".join(names_pool[i] for i in pick[j, :kk[j]]))
+        return out
+
+    src = np.array([s for s, _ in SOURCES])[r.choice(len(SOURCES), size=n, p=_norm([p for _, p in SOURCES]))]
+    ep_txt = np.where((unk[:, 5] < 0.03) | ((types == "ONA") & (unk[:, 5] < 0.2)), "Unknown",
+                      episodes.astype(str))
+    frame = pd.DataFrame({
+        "MAL_ID": ids, "Name": names[0], "Score": score_txt, "Genres": genres_txt,
+        "English name": names[1], "Japanese name": names[2], "Type": types, "Episodes": ep_txt,
+        "Aired": aired, "Premiered": premiered, "Producers": listing(PRODUCERS, .444, 4, 4),
+        "Licensors": listing(LICENSORS, .775, 6, 2), "Studios": listing(STUDIOS, .403, 7, 2),
+        "Source": src, "Duration": duration, "Rating": age, "Ranked": ranked_txt,
+        "Popularity": popularity, "Members": members, "Favorites": favorites,
+        "Watching": status[:, 0], "Completed": status[:, 1], "On-Hold": status[:, 2],
+        "Dropped": status[:, 3], "Plan to Watch": status[:, 4], **score_cols,
+    })
+    frame["sypnopsis"] = _synopses(truth, seed)
+    frame["_hentai"] = hentai
+    frame["_episodes"] = episodes
+    return frame
+
+
+def _names(r: np.random.Generator, n: int) -> tuple[list, list, list]:
+    words = np.array(NAME_WORDS)
+    w = r.integers(0, len(words), (n, 3))
+    form = r.integers(0, 4, n)
+    suf = r.integers(0, len(NAME_SUFFIX), n)
+    eng = np.array(ENGLISH_WORDS)
+    ew = r.integers(0, len(eng), (n, 2))
+    eng_unknown = r.random(n) < 0.602
+    jp_unknown = r.random(n) < 0.003
+    jl = r.integers(3, 8, n)
+    jchars = r.integers(0, 1 << 30, (n, 8))
+    romaji, english, japanese, seen = [], [], [], {}
+    for j in range(n):
+        a, b, c = words[w[j]]
+        base = (f"{a} no {b}", f"{a} {b}", f"{a} {b}: {c} no {a}", f"{a}{b.lower()}")[form[j]]
+        name = base + NAME_SUFFIX[suf[j]]
+        if name in seen:  # keep names unique so that a name finds one anime
+            seen[name] += 1
+            name = f"{name} ({seen[name]})"
+        seen.setdefault(name, 1)
+        romaji.append(name)
+        english.append("Unknown" if eng_unknown[j] else f"The {eng[ew[j, 0]]} of {eng[ew[j, 1]]}")
+        pool = KANJI if form[j] % 2 else KATAKANA
+        japanese.append("Unknown" if jp_unknown[j] else "".join(pool[x % len(pool)] for x in jchars[j, :jl[j]]))
+    return romaji, english, japanese
+
+
+def _synopses(truth: dict, seed: int) -> list[str]:
+    """Synopses mixing the words of each anime's genres with filler (about 40% genre words).
+
+    Vectorised over all words of all synopses; only the final per-anime join is a Python loop.
+    """
+    r = child_rng(seed, "synth/synopsis")
+    ig = truth["item_genres"]
+    n = len(ig)
+    vocab = [GENRE_WORDS[g].split() for g in GENRES]
+    pool = np.array([w for ws in vocab for w in ws] + FILLER_WORDS)
+    g_start = np.cumsum([0] + [len(ws) for ws in vocab])
+    n_filler = len(FILLER_WORDS)
+    n_words = r.integers(25, 110, n)
+    missing = r.random(n) < 0.04
+    item = np.repeat(np.arange(n), n_words)
+    n_total = len(item)
+    # a genre word: one of the anime's genres at random, then one of its words
+    k = ig.sum(axis=1)
+    from_genre = (r.random(n_total) < 0.4) & (k[item] > 0)
+    ranks = r.random(n_total)
+    which = np.minimum((ranks * k[item]).astype(np.int64), np.maximum(k[item] - 1, 0))
+    genre_of = np.argsort(~ig, axis=1, kind="stable")  # each row: its genres first
+    g = genre_of[item, which]
+    gw = g_start[g] + (r.random(n_total) * (g_start[g + 1] - g_start[g])).astype(np.int64)
+    fw = g_start[-1] + r.integers(0, n_filler, n_total)
+    words = pool[np.where(from_genre, gw, fw)].astype(object)
+    # sentences of 7-15 words (per anime): capitalise the first word, end the last with a period
+    start_item = np.repeat(np.r_[0, np.cumsum(n_words)[:-1]], n_words)
+    pos = np.arange(n_total) - start_item
+    sent_len = r.integers(7, 16, n)[item]
+    first = pos % sent_len == 0
+    last = np.r_[first[1:], True]
+    words[first] = [w.capitalize() for w in words[first]]
+    words[last] = [w + "." for w in words[last]]
+    bounds = np.r_[0, np.cumsum(n_words)]
+    return [NO_SYNOPSIS if missing[j] else " ".join(words[bounds[j]:bounds[j + 1]]) for j in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# truth.npz, written deterministically (np.savez stamps the zip entries with the current time)
+
+def _write_npz(path: Path, truth: dict, params: dict) -> None:
+    arrays = dict(truth)
+    arrays["params_json"] = np.array(json.dumps(params, sort_keys=True))
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name in sorted(arrays):
+            buf = io.BytesIO()
+            arr = np.asarray(arrays[name])
+            if not arr.flags.c_contiguous:
+                arr = np.ascontiguousarray(arr)
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, buf.getvalue())
