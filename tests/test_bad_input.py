@@ -47,8 +47,10 @@ chunk size), which must agree. The files are written by the tests (nothing kept 
 | 40 | generic file with string ids                   | DataError line 2, column user                                |
 | 41 | generic tab-delimited, positions, timestamp    | load; timestamp int64                                        |
 | 42 | unrated scores 0 (keep / drop)                 | load; NaN kept, or dropped "unrated"                         |
+| 43 | extra field on the first data line             | DataError line 2 (pandas only warns and drops it: made strict) |
+| 44 | catalogue line cut short (fewer fields)        | DataError line 3 ("expected 9 fields, found 3")              |
 
-42 cases. Also hypothesis properties at the end: random valid tables round-trip through both paths
+44 cases. Also hypothesis properties at the end: random valid tables round-trip through both paths
 with ``rows_read == rows_kept + sum(rows_dropped)`` and the kept rows equal to a naive pandas
 reference; a bad token planted at a random row is reported at its physical line.
 """
@@ -66,7 +68,7 @@ from hypothesis import strategies as st
 
 from research.config import DataConfig
 from research.data import prepare, sources
-from research.data.validate import FileStats, check_balance
+from research.data.validate import FileStats, Locator, check_balance
 from research.errors import DataError
 
 CAT = (b"MAL_ID,Name,Score,Genres,Type,Episodes,Studios,Source,Members\n"
@@ -218,14 +220,17 @@ CASES = [
                                 "item_col": "1", "rating_col": "2", "timestamp_col": "3"}, check=_check_ts),
     _ok("unrated kept", _r(HDR + b"1,1,0\n1,2,5\n2,1,0\n2,3,8\n"), cfg={"unrated": "keep"}, check=_check_keep),
     _ok("unrated dropped", _r(HDR + b"1,1,0\n1,2,5\n2,1,0\n2,3,8\n"), dropped={"unrated": 2}),
+    _err("extra field on the first data line", _r(HDR + b"1,1,5,9\n1,2,6\n"), 2, None, "found 4"),
+    _err("catalogue line cut short", _r(HDR + b"1,1,5\n", CAT.replace(b"2,Beta,7.0,Drama,Movie,1,Madhouse,Original,50",
+                                                                    b"2,Beta,7.0")), 3, None, "found 3", file="anime.csv"),
 ]
 
 
 def test_the_table_counts_every_case():
     # the docstring table and CASES must not drift apart (the issue note quotes the count)
     rows = [ln for ln in __doc__.splitlines() if ln.startswith("| ") and ln[2:4].strip().isdigit()]
-    assert len(rows) == 42
-    assert len({c.name for c in CASES}) == len(CASES) == 43  # case 42 has two variants
+    assert len(rows) == 44
+    assert len({c.name for c in CASES}) == len(CASES) == 45  # case 42 has two variants
 
 
 def _write(tmp: Path, files: dict) -> Path:
@@ -331,26 +336,38 @@ def test_random_tables_round_trip(rows, eol, final, bom, unrated, chunk):
         pd.testing.assert_frame_equal(f2.sort_values(["user", "item"]).reset_index(drop=True), got)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 40), bad=st.data(), blanks=st.lists(st.integers(0, 40), max_size=4),
-       eol=st.sampled_from(["\n", "\r\n", "\r"]), column=st.sampled_from(["user_id", "anime_id", "rating"]),
-       chunk=st.integers(1, 9))
-def test_planted_error_names_its_physical_line(n, bad, blanks, eol, column, chunk):
+       quoted=st.lists(st.integers(0, 40), max_size=3), eol=st.sampled_from(["\n", "\r\n", "\r"]),
+       column=st.sampled_from(["user_id", "anime_id", "rating", "extra field"]), chunk=st.integers(1, 9),
+       piece=st.sampled_from([5, 16, 64, 1 << 22]))
+def test_planted_error_names_its_physical_line(n, bad, blanks, quoted, eol, column, chunk, piece):
+    """Blank lines, quoted values and CR / CRLF / LF line ends before the bad record; the line
+    finder's fast path (plain pieces of whole lines) is exercised with tiny pieces too."""
     target = bad.draw(st.integers(0, n - 1))
     lines = ["user_id,anime_id,rating"]
     bad_line = None
     for k in range(n):
         if k in blanks:
             lines.append("")  # blank lines are skipped by the reader but still count as lines
-        row = [str(k), str(k + 1), "5"]
+        row = [str(k), str(k + 1), '"5"' if k in quoted else "5"]
         if k == target:
-            row[["user_id", "anime_id", "rating"].index(column)] = "x?"
+            if column == "extra field":
+                row.append("9")
+            else:
+                row[["user_id", "anime_id", "rating"].index(column)] = "x?"
             bad_line = len(lines) + 1
         lines.append(",".join(row))
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp)
-        (raw / "rating_complete.csv").write_text(eol.join(lines) + eol, newline="")
-        with pytest.raises(DataError) as info:
-            list(sources.iter_chunks(sources.plan_files("mal2020", raw, DataConfig()).ratings,
-                                     FileStats("x"), chunk_rows=chunk))
-        assert info.value.line == bad_line and info.value.column == column
+    old = Locator.PIECE
+    Locator.PIECE = piece
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp)
+            (raw / "rating_complete.csv").write_text(eol.join(lines) + eol, newline="")
+            with pytest.raises(DataError) as info:
+                list(sources.iter_chunks(sources.plan_files("mal2020", raw, DataConfig()).ratings,
+                                         FileStats("x"), chunk_rows=chunk))
+    finally:
+        Locator.PIECE = old
+    assert info.value.line == bad_line, str(info.value)
+    assert info.value.column == (None if column == "extra field" else column)

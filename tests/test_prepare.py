@@ -82,6 +82,7 @@ def test_ungrouped_file_dedups_across_chunks(tmp_path):
     want = ref.rename(columns={"user_id": "user", "anime_id": "item"}).sort_values(KEY).reset_index(drop=True)
     np.testing.assert_array_equal(got[KEY].to_numpy(), want[KEY].to_numpy())
     np.testing.assert_array_equal(got.rating.to_numpy(), want.rating.replace(0, np.nan).to_numpy(np.float32))
+    assert pm["files"]["rating_complete.csv"]["format"]["grouped_by_user"] is False  # shuffled, reported
     d = pm["files"]["rating_complete.csv"]["rows_dropped"]
     assert d["duplicate"] == len(df) - len(df.drop_duplicates(["user_id", "anime_id"]))
     # rows estimated from the file size (header included): 1201 lines / 50 per chunk

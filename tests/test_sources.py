@@ -125,6 +125,8 @@ def test_mal_files_are_grouped_by_user(shared_data):
         blocks = int((u[1:] != u[:-1]).sum()) + 1
         assert blocks == len(np.unique(u)), path
         assert not df.duplicated(list(df.columns[:2])).any(), path
+    _, _, m = sources.load("mal2020", shared_data / "mal2020", DataConfig())
+    assert m["files"]["rating_complete_head100k.csv"]["format"]["grouped_by_user"] is True
 
 
 # ---------------------------------------------------------------------------------------------

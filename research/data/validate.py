@@ -222,6 +222,12 @@ def decode_text(path: Path, data: bytes, stats: FileStats) -> str:
 class Locator:
     """Maps 0-based data record numbers (as pandas counts them) to 1-based physical lines.
 
+    A file on disk is first skimmed in binary pieces of whole lines: while a piece holds no quote,
+    no blank line and no lone CR, every line is one record and lines are counted with
+    ``bytes.count`` / numpy (~1 GB/s); from the first piece that is not that simple on, the ``csv``
+    module reads record by record (~2M rows/s), which handles quoted newlines, blank lines and CR
+    line ends exactly as pandas does.
+
     Args:
         path: the file (named in errors).
         delimiter: field delimiter.
@@ -230,44 +236,91 @@ class Locator:
             (every byte is one character, so line breaks are found exactly).
     """
 
+    PIECE = 1 << 22
+
     def __init__(self, path: Path, delimiter: str, header: bool, text: str | None = None):
         self.path, self.delimiter, self.header, self.text = Path(path), delimiter, header, text
 
-    def _rows(self):
-        """(start line, fields) of every non-blank record, header included."""
+    def _rows(self, offset: int = 0, line0: int = 0):
+        """(start line, fields) of every non-blank record from byte ``offset`` (a line start that
+        is line ``line0 + 1``), header included when offset is 0."""
+        import io
+
         csv.field_size_limit(sys.maxsize)
         if self.text is not None:
-            import io
-
             fh = io.StringIO(self.text, newline="")
         else:
-            fh = open(self.path, newline="", encoding="latin-1")
+            raw = open(self.path, "rb")
+            raw.seek(offset)
+            fh = io.TextIOWrapper(raw, encoding="latin-1", newline="")
         with fh:
             reader = csv.reader(fh, delimiter=self.delimiter)
-            prev_end = 0
+            prev_end = line0
             try:
                 for row in reader:
                     start = prev_end + 1
-                    prev_end = reader.line_num
+                    prev_end = line0 + reader.line_num
                     if not row:  # a blank line: pandas skips it, it is not a record
                         continue
                     yield start, row
             except csv.Error:
                 yield prev_end + 1, None  # e.g. a quote never closed: report where it starts
 
+    def _pieces(self):
+        """(offset, lines before, piece) for the leading simple pieces of whole lines."""
+        if self.text is not None:
+            return
+        offset = lines = 0
+        with open(self.path, "rb") as fh:
+            carry = b""
+            while True:
+                block = fh.read(self.PIECE)
+                if not block:
+                    return
+                data = carry + block
+                cut = data.rfind(b"\n") + 1
+                if cut == 0:
+                    carry = data
+                    continue
+                piece, carry = data[:cut], data[cut:]
+                simple = (b'"' not in piece and b"\n\n" not in piece and b"\n\r\n" not in piece
+                          and not piece.startswith((b"\n", b"\r\n"))
+                          and piece.count(b"\r") == piece.count(b"\r\n"))
+                if not simple:
+                    return
+                yield offset, lines, piece
+                offset += cut
+                lines += piece.count(b"\n")
+
     def line(self, record: int) -> int:
         """Physical line on which data record ``record`` starts."""
-        target = record + (1 if self.header else 0)
+        target = record + (1 if self.header else 0)  # records counted from line 1
+        offset = lines = 0
+        for offset, lines, piece in self._pieces():
+            n = piece.count(b"\n")
+            if lines + n > target:  # in simple pieces, line k holds record k
+                return target + 1
+            offset, lines = offset + len(piece), lines + n
         last = 1
-        for i, (start, _row) in enumerate(self._rows()):
+        for i, (start, _row) in enumerate(self._rows(offset, lines)):
             last = start
-            if i == target:
+            if lines + i == target:
                 return start
         return last
 
     def first_bad_width(self, n_fields: int) -> tuple[int, int]:
         """(line, number of fields) of the first record without ``n_fields`` fields."""
-        for start, row in self._rows():
+        offset = lines = 0
+        delim = ord(self.delimiter)
+        for offset, lines, piece in self._pieces():
+            arr = np.frombuffer(piece, np.uint8)
+            ends = np.flatnonzero(arr == 10)
+            per_line = np.diff(np.concatenate([[0], np.cumsum(arr == delim)[ends]])) + 1
+            bad = np.flatnonzero(per_line != n_fields)
+            if len(bad):
+                return lines + int(bad[0]) + 1, int(per_line[bad[0]])
+            offset, lines = offset + len(piece), lines + len(ends)
+        for start, row in self._rows(offset, lines):
             if row is None:
                 return start, -1
             if len(row) != n_fields:
