@@ -276,12 +276,19 @@ class ItemKNN(_KNN):
 
     Args:
         k: neighbours kept per item (the similarity matrix is pruned to them).
-        similarity: "adjusted_cosine" (default: ratings centred by the user mean), "pearson"
-            (item mean), "baseline" (Bias residual), "cosine" (raw) or "binary" (interactions).
+        similarity: "baseline" (default: ratings centred by the Bias baseline, i.e. by user and
+            item means at once), "adjusted_cosine" (user mean), "pearson" (item mean), "cosine"
+            (raw) or "binary" (interactions). Measured on the MAL sample (random 80/20, seed 0,
+            k=40, shrinkage 100): baseline ndcg@10 0.338 / RMSE 1.256, adjusted_cosine 0.300 /
+            1.249, pearson 0.307 / 1.267, cosine 0.325 / 1.262, binary 0.321 / 1.265; with k=100
+            the baseline default gives 0.334 / 1.241 (bias alone: 1.282; popularity: 0.220).
         shrinkage: ``s * n_common / (n_common + shrinkage)``, n_common = users who rated both.
         history: ranking input, "binary" (every interaction = 1) or "centred" (baseline residuals
             of the rated ones): ``score(u) = history(u) @ S.T``, i.e. item i scores the sum of
-            its kept neighbours' similarities over what u has seen.
+            its kept neighbours' similarities over what u has seen. Binary ranks far better on
+            the sample (ndcg@10 0.338 vs 0.241 at k=50): centring throws away "u watched it".
+        pred_damping: pseudo-weight added to the denominator Σ|s| of the neighbour deviation
+            (0 = KNNBaseline's plain weighted mean).
         user_damping, item_damping: the baseline's damping (see ``Bias``).
         block_mb: memory bound of one dense block of similarities.
         n_jobs: threads for the block-wise similarity products.
@@ -320,6 +327,9 @@ class UserKNN(_KNN):
         shrinkage: ``s * n_common / (n_common + shrinkage)``, n_common = items both rated.
         history: what the neighbours contribute to the ranking, "binary" or "centred":
             ``score(u) = S[u] @ history(all users)``.
+        pred_damping: pseudo-weight added to Σ|s| of the deviation (default 1: with few of the
+            k neighbours having rated an item, the plain mean of one or two deviations is noise;
+            on the sample RMSE 1.356 with 0 and k=40, 1.268 with 1 and k=100; bias: 1.282).
         user_damping, item_damping: the baseline's damping (see ``Bias``).
         block_mb: memory bound of one dense block of similarities. Fitting computes all user
             pairs: O(n_users²) outputs, fine for samples, not for 310k users.
