@@ -339,6 +339,8 @@ class KerasRecommender(Recommender):
         feats = self.features(train, training=True)
         if len(next(iter(feats.values()))) == 0:
             raise ConfigError(f"{type(self).__name__}: no training rows (rated_only={self.rated_only})")
+        # build the variables now: BackupAndRestore can only restore into a built model
+        self.model({k: tf.constant(v[:1]) for k, v in feats.items()})
         pipe = tfdata.from_arrays(feats, self.batch_size, seed=child_seed(self.seed, "tfdata"))
         val_ds = None
         if val is not None and len(val):
@@ -372,6 +374,11 @@ class KerasRecommender(Recommender):
         self.best_epoch = (stopper.best_epoch + 1) if stopper is not None and stopper.best_epoch >= 0 else 0
         if ckpt is not None:
             shutil.rmtree(ckpt, ignore_errors=True)  # completed: nothing to resume
+            if not self.checkpoint_dir:
+                try:
+                    ckpt.parent.rmdir()  # the derived <log_dir>/../ckpt, when no other model uses it
+                except OSError:
+                    pass
         self.after_fit()
         self.fit_seconds = time.perf_counter() - t0
         if self.log_dir:

@@ -1,0 +1,183 @@
+"""EmbeddingDot and the KerasRecommender base: contract, determinism, save/load, resume, logs."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import research  # noqa: F401
+from research.data.interactions import build_dataset
+from research.data.splits import random_split
+
+pytestmark = pytest.mark.keras
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = dict(dim=4, epochs=3, batch_size=128, learning_rate=0.05, l2=1.0)
+
+
+def _data(seed=0, n=2500):
+    """Planted low-rank ratings on 1-10 with external ids that are not 0..n-1."""
+    rng = np.random.default_rng(seed)
+    u = rng.integers(0, 40, n)
+    i = rng.integers(0, 60, n)
+    pu, qi = rng.normal(size=(40, 2)), rng.normal(size=(60, 2))
+    r = np.clip(np.round(6 + 1.5 * (pu[u] * qi[i]).sum(1) + rng.normal(0, 0.5, n)), 1, 10)
+    df = pd.DataFrame({"user": u * 3 + 11, "item": i * 7 + 1000, "rating": r})
+    df = df.drop_duplicates(["user", "item"])
+    names = pd.DataFrame({"name": [f"Anime\t{j}" for j in range(60)]}, index=np.arange(60) * 7 + 1000)
+    ds = build_dataset(df, item_table=names)
+    return ds, random_split(ds.interactions, 0.2, 0.1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data()
+    return ds, split, EmbeddingDot(**FAST, seed=1).fit(split.train, split.val)
+
+
+def test_contract_shapes_ranges_and_recommend(fitted):
+    ds, split, m = fitted
+    users = np.arange(ds.meta.n_users)
+    s = m.score(users)
+    assert s.shape == (ds.meta.n_users, ds.meta.n_items) and np.isfinite(s).all()
+    p = m.predict(split.test.user, split.test.item)
+    lo, hi = split.train.rating.min(), split.train.rating.max()
+    assert p.shape == (len(split.test),) and (p >= lo).all() and (p <= hi).all()
+    # predict agrees with the Keras model's own forward pass (before clipping) and with score
+    raw = m.predict_features({"user": split.test.user, "item": split.test.item})
+    np.testing.assert_allclose(np.clip(raw, lo, hi), p, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s[split.test.user, split.test.item], raw, rtol=1e-5, atol=1e-5)
+    seen = split.train.to_csr()
+    items, scores = m.recommend(users, k=10, exclude=seen)
+    assert items.shape == (len(users), 10)
+    for row_items, row_scores, u in zip(items, scores, users):
+        assert len(set(row_items.tolist())) == 10
+        assert (row_scores[:-1] >= row_scores[1:]).all()
+        assert not set(row_items.tolist()) & set(seen[u].indices.tolist())
+    assert m.item_vectors().shape == (ds.meta.n_items, 4) and m.user_vectors().shape == (ds.meta.n_users, 4)
+    assert m.extra_metrics()["fit_epochs"] == len(m.history["loss"]) == len(m.history["val_rmse"])
+
+
+def test_learns_better_than_global_mean_and_history_is_per_epoch(fitted):
+    from research.eval.harness import evaluate
+    from research.models.baselines import GlobalMean
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split, _ = fitted
+    m = EmbeddingDot(dim=4, epochs=15, batch_size=128, learning_rate=0.05, l2=1.0, seed=0).fit(split.train, split.val)
+    rmse = evaluate(m, split).summary["rmse"]
+    base = evaluate(GlobalMean().fit(split.train), split).summary["rmse"]
+    assert rmse < 0.9 * base, (rmse, base)
+    h = m.history
+    assert h["epoch"] == list(range(1, len(h["epoch"]) + 1))
+    assert h["loss"][-1] < h["loss"][0]  # epoch means, so they fall on this easy problem
+    assert 1 <= m.best_epoch <= m.fit_epochs
+    assert min(h["val_rmse"]) == pytest.approx(h["val_rmse"][m.best_epoch - 1])
+
+
+def test_same_seed_identical_predictions(fitted):
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split, m = fitted
+    again = EmbeddingDot(**FAST, seed=1).fit(split.train, split.val)
+    assert np.array_equal(again.score(np.arange(5)), m.score(np.arange(5)))
+    other = EmbeddingDot(**FAST, seed=2).fit(split.train, split.val)
+    assert not np.array_equal(other.score(np.arange(5)), m.score(np.arange(5)))
+
+
+def test_save_load_round_trip_in_fresh_process(fitted, tmp_path):
+    from research.models.keras.common import KerasRecommender
+
+    ds, split, m = fitted
+    m.save(tmp_path / "model")
+    back = KerasRecommender.load(tmp_path / "model", ds.meta)
+    assert type(back) is type(m) and back.get_config() == m.get_config()
+    assert np.array_equal(back.score(np.arange(ds.meta.n_users)), m.score(np.arange(ds.meta.n_users)))
+    assert back.history == m.history
+    np.save(tmp_path / "want.npy", m.predict(split.test.user, split.test.item))
+    code = textwrap.dedent(f"""
+        import sys, numpy as np
+        sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_keras_embedding_dot import _data
+        from research.models.keras.embedding_dot import EmbeddingDot
+        ds, split = _data()
+        m = EmbeddingDot.load({str(tmp_path / 'model')!r}, ds.meta)
+        got = m.predict(split.test.user, split.test.item)
+        assert np.array_equal(got, np.load({str(tmp_path / 'want.npy')!r})), "predictions differ"
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+    import tensorflow as tf
+
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data(seed=3)
+    cfg = dict(FAST, epochs=5, patience=2, seed=4)
+    whole = EmbeddingDot(**cfg).fit(split.train, split.val)
+
+    class CrashAfter(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise _Crash()
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Crash):
+        EmbeddingDot(**cfg, checkpoint_dir=str(ckpt)).fit(split.train, split.val, callbacks=[CrashAfter()])
+    assert (ckpt / "backup").exists()
+    resumed = EmbeddingDot(**cfg, checkpoint_dir=str(ckpt)).fit(split.train, split.val)
+    assert resumed.history == whole.history  # epochs 1-2 restored from disk, 3-5 trained again
+    assert np.array_equal(resumed.score(np.arange(6)), whole.score(np.arange(6)))
+    assert resumed.best_epoch == whole.best_epoch
+    assert not ckpt.exists()  # a completed fit leaves nothing to resume
+
+
+def test_stale_checkpoint_of_other_config_is_ignored(tmp_path):
+    import tensorflow as tf
+
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data(seed=3)
+
+    class CrashAfter(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise _Crash()
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Crash):
+        EmbeddingDot(**dict(FAST, dim=3), checkpoint_dir=str(ckpt)).fit(split.train, split.val,
+                                                                           callbacks=[CrashAfter()])
+    m = EmbeddingDot(**FAST, checkpoint_dir=str(ckpt)).fit(split.train, split.val)  # dim 4: must not restore
+    assert m.fit_epochs == FAST["epochs"] and m.history["epoch"][0] == 1
+
+
+def test_tensorboard_logs_and_projector(tmp_path):
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data()
+    m = EmbeddingDot(**dict(FAST, epochs=2))
+    m.log_dir = str(tmp_path / "tb" / "embedding_dot")
+    m.fit(split.train, split.val)
+    log = Path(m.log_dir)
+    assert list((log / "train").glob("events.out.tfevents.*")) and list((log / "validation").glob("events.*"))
+    lines = (log / "metadata.tsv").read_text(encoding="utf-8").splitlines()
+    trained = np.unique(split.train.item)
+    assert lines[0] == "name\tanime_id" and len(lines) == 1 + len(trained)
+    # the tab inside the name is replaced (it would shift the TSV columns)
+    assert lines[1] == ds.meta.item_names(trained[:1])[0].replace("\t", " ") + f"\t{ds.meta.items.ids(trained[0])}"
+    assert (log / "projector_config.pbtxt").exists() and list(log.glob("embedding.ckpt-1*"))
+    assert not (tmp_path / "tb" / "ckpt").exists()  # checkpoints derived from log_dir, removed at the end
