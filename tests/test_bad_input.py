@@ -57,7 +57,7 @@ reference; a bad token planted at a random row is reported at its physical line.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -221,8 +221,9 @@ CASES = [
     _ok("unrated kept", _r(HDR + b"1,1,0\n1,2,5\n2,1,0\n2,3,8\n"), cfg={"unrated": "keep"}, check=_check_keep),
     _ok("unrated dropped", _r(HDR + b"1,1,0\n1,2,5\n2,1,0\n2,3,8\n"), dropped={"unrated": 2}),
     _err("extra field on the first data line", _r(HDR + b"1,1,5,9\n1,2,6\n"), 2, None, "found 4"),
-    _err("catalogue line cut short", _r(HDR + b"1,1,5\n", CAT.replace(b"2,Beta,7.0,Drama,Movie,1,Madhouse,Original,50",
-                                                                    b"2,Beta,7.0")), 3, None, "found 3", file="anime.csv"),
+    _err("catalogue line cut short",
+         _r(HDR + b"1,1,5\n", CAT.replace(b"2,Beta,7.0,Drama,Movie,1,Madhouse,Original,50", b"2,Beta,7.0")),
+         3, None, "found 3", file="anime.csv"),
 ]
 
 

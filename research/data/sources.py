@@ -59,7 +59,7 @@ import html
 import io
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +116,6 @@ class Plan:
     status: Path | None = None
     catalogue_delimiter: str = ","
     catalogue_id_names: tuple = ()
-    extra: dict = field(default_factory=dict)
 
 
 def _configured(raw_dir: Path, name: str, what: str) -> Path:
@@ -642,7 +641,8 @@ def load(adapter: str, raw_dir: Path, data_cfg, *, memory_limit: int | None = No
     Args:
         adapter: mal2020 | cooperunion2017 | generic | processed.
         raw_dir: the folder holding the raw files (or the prepared folder for "processed").
-        data_cfg: a ``research.config.DataConfig``.
+        data_cfg: a ``research.config.DataConfig``. For "processed" its filters are not applied
+            again: ``prepare`` applied the ones recorded in the manifest's ``data_config``.
         memory_limit: bytes the load may use; default ``ANIMEREC_MEMORY_LIMIT`` or MemAvailable.
 
     Returns:
