@@ -288,7 +288,7 @@ def test_synopsis_words_carry_genre_signal(default_dir, anime):
     share_nn = np.mean([bool(genres[a] & genres[b]) for a, b in enumerate(nn)])
     rnd = np.random.default_rng(0).permutation(len(genres))
     share_rnd = np.mean([bool(genres[a] & genres[b]) for a, b in enumerate(rnd)])
-    assert share_nn > 0.9 and share_nn > share_rnd + 0.3  # measured in the report
+    assert share_nn > 0.9 and share_nn > share_rnd + 0.3  # measured 1.00 vs 0.18 at random
 
 
 # ---- streaming: many chunks give well-formed, user-grouped files ----------------------------------
