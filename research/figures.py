@@ -149,20 +149,26 @@ def loss_curves(exp, out: Path) -> Path | None:
             hist[n] = per_seed
     if not hist:
         return None
-    extra = None
-    for key in ("mae", "mean_absolute_error", "root_mean_squared_error", "rmse"):
-        if any(key in h for v in hist.values() for _, h in v):
-            extra = key
-            break
+    # second row: each model's own rating-error curve (RecommenderNet logs mae, others rmse)
+    extras = {}
+    for n, per_seed in hist.items():
+        for key in ("mae", "mae_scaled", "rmse", "root_mean_squared_error", "mean_absolute_error"):
+            if any(key in h for _, h in per_seed):
+                extras[n] = key
+                break
     p = plt()
     from matplotlib.ticker import MaxNLocator
 
-    rows = 2 if extra else 1
+    rows = 2 if extras else 1
     fig, axes = p.subplots(rows, len(hist), figsize=(4.5 * len(hist), 3.4 * rows), squeeze=False)
     cmap = p.get_cmap("tab10")
     for j, (n, per_seed) in enumerate(hist.items()):
-        for row, key in enumerate(["loss"] + ([extra] if extra else [])):
+        for row in range(rows):
             ax = axes[row][j]
+            key = "loss" if row == 0 else extras.get(n)
+            if key is None:
+                ax.set_axis_off()
+                continue
             for i, (seed, h) in enumerate(per_seed):
                 for k, style, lab in ((key, "-", "train"), (f"val_{key}", "--", "validation")):
                     if k in h:

@@ -18,7 +18,8 @@ Which pairs the tests use:
 
 - ranking metrics (precision, recall, ndcg, map, hit rate at k): per-user values from each run's
   ``per_user.csv``, paired by (seed, user) over the users both models were evaluated on;
-- rating metrics (rmse, mae): per-rating errors from ``per_rating.csv`` when the runner wrote one
+- rating metrics (rmse, mae): per-rating errors from ``per_rating.csv`` (or ``.parquet``) when the
+  runner wrote one
   (columns ``model, user, item, rating, prediction``), paired by (seed, user, item) on squared
   (rmse) or absolute (mae) errors; otherwise per-seed values paired by seed, which needs at least
   6 seeds before a two-sided Wilcoxon can reach p < 0.05 — with fewer the column is not tested and
@@ -142,9 +143,13 @@ class Experiment:
 
 
 def _read_csv(path: Path):
+    """A run's table: ``path`` (CSV) or the same name with ``.parquet``; None when neither exists."""
     import pandas as pd
 
-    return pd.read_csv(path) if path.is_file() else None
+    if path.is_file():
+        return pd.read_csv(path)
+    pq = path.with_suffix(".parquet")
+    return pd.read_parquet(pq) if pq.is_file() else None
 
 
 def gather(results_dir: Path, experiment: str | None = None) -> list[Experiment]:
