@@ -218,8 +218,8 @@ def load_processed(out_dir, memory_limit: int | None = None):
     limit = memory_limit if memory_limit is not None else sources.available_memory()
     if rows * PROCESSED_BYTES_PER_ROW > limit:
         raise ResourceError(f"{out_dir}: {rows:,} prepared rows need about "
-                            f"{rows * PROCESSED_BYTES_PER_ROW / 2**30:.1f} GiB, more than the "
-                            f"{limit / 2**30:.1f} GiB available; lower data.max_rows and prepare again")
+                            f"{sources.human_bytes(rows * PROCESSED_BYTES_PER_ROW)}, more than the "
+                            f"{sources.human_bytes(limit)} available; lower data.max_rows and prepare again")
     # fill preallocated columns shard by shard: peak ~ the final frame plus one shard
     schema = pq.ParquetFile(shards[0]).schema_arrow
     cols = {name: np.empty(rows, dtype=_DTYPES[name]) for name in schema.names}

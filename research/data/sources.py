@@ -585,6 +585,13 @@ def _parse_bytes(text: str) -> int:
     return int(float(t))
 
 
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 def available_memory() -> int:
     """Bytes of memory available now (``ANIMEREC_MEMORY_LIMIT`` if set, else MemAvailable)."""
     env = os.environ.get(MEMORY_ENV, "").strip()
@@ -626,8 +633,8 @@ def check_memory(rf: RatingsFile, max_rows: int, adapter: str, raw_dir: Path, me
     limit = memory_limit if memory_limit is not None else available_memory()
     if need > limit:
         raise ResourceError(
-            f"{rf.path}: loading about {rows:,} rating rows in memory needs about {need / 2**30:.1f} GiB "
-            f"({BYTES_PER_ROW} B/row), more than the {limit / 2**30:.1f} GiB available. Stream it instead: "
+            f"{rf.path}: loading about {rows:,} rating rows in memory needs about {human_bytes(need)} "
+            f"({BYTES_PER_ROW} B/row), more than the {human_bytes(limit)} available. Stream it instead: "
             f"`animerec prepare --source {adapter} --raw {raw_dir} --out data/processed/{adapter}`, then set "
             f'data.source = "processed" and data.path = "data/processed/{adapter}" (or lower data.max_rows)')
 
