@@ -73,8 +73,15 @@ def test_random_search_scores_on_validation(tmp_path):
     best = min(t["trials"], key=lambda r: r["objective"])
     assert t["best"]["trial_id"] == best["trial_id"] and t["best"]["value"] == best["objective"]
     # one HParams session per trial for TensorBoard
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
     for r in t["trials"]:
-        assert list((out / "logs" / f"trial_{r['trial_id']}").glob("events.out.tfevents.*"))
+        acc = EventAccumulator(str(out / "logs" / f"trial_{r['trial_id']}"))
+        acc.Reload()
+        assert {"_hparams_/session_start_info", "rmse", "ndcg@10"} <= set(acc.Tags()["tensors"])
+        logged = float(tensor_util.make_ndarray(acc.Tensors("rmse")[0].tensor_proto))
+        assert logged == pytest.approx(r["objective"], rel=1e-6)
     assert not (out / "metrics.json").exists()  # retrain_on_full = false
 
 
