@@ -44,16 +44,15 @@ done
 if wanted elbow || wanted kmeans_elbow; then
   step "kmeans elbow curve" "$PY" experiments/kmeans_elbow.py "$CFG/kmeans_elbow.toml"
 fi
+# the showcase configs are the leaderboard's config under another name: showcase.py reuses the
+# leaderboard's fresh seed-0 run instead of fitting the same models again
 if wanted showcase || wanted similar_anime; then
-  step "run similar_anime" "$PY" -m research run -q "$CFG/similar_anime.toml"
   step "similar anime lists" "$PY" experiments/showcase.py similar-anime "$CFG/similar_anime.toml" --anime 1 5114 9253
 fi
 if wanted showcase || wanted similar_users; then
-  step "run similar_users" "$PY" -m research run -q "$CFG/similar_users.toml"
   step "similar users lists" "$PY" experiments/showcase.py similar-users "$CFG/similar_users.toml" --pick-seed 0
 fi
 if wanted showcase || wanted recommend_random_user; then
-  step "run recommend_random_user" "$PY" -m research run -q "$CFG/recommend_random_user.toml"
   step "recommendation lists" "$PY" experiments/showcase.py recommend "$CFG/recommend_random_user.toml" --pick-seed 0
 fi
 if wanted report || [[ ${#SELECTED[@]} -eq 0 ]]; then

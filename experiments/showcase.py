@@ -26,17 +26,35 @@ from research import config as C  # noqa: E402  (sets TF_USE_LEGACY_KERAS before
 from research import results as R  # noqa: E402
 
 
+def _finished(d: Path) -> bool:
+    st = d / "status.json"
+    return st.is_file() and R.read_json(st).get("status") == "finished"
+
+
 def ensure_run(cfg) -> Path:
-    """The finished run folder of ``cfg`` for its first seed; runs it when missing."""
-    from research.experiment import config_hash, run_seed
+    """The finished run folder of ``cfg`` for its first seed.
+
+    A finished run of the same config under another experiment name (the same data, split, seed
+    and models: e.g. the leaderboard's seed-0 run for ``recommend_random_user.toml``, whose only
+    difference is its name) is reused rather than refitted; with none, the config is run.
+    """
+    import dataclasses
+
     from research.data.load import load_dataset
+    from research.experiment import config_hash, run_seed
 
     seed = int(cfg.seeds[0])
-    d = R.runs_root(cfg.results_path) / cfg.experiment / f"{config_hash(cfg)}-seed{seed}"
-    st = d / "status.json"
-    if not (st.is_file() and R.read_json(st).get("status") == "finished"):
-        run_seed(cfg, load_dataset(cfg), seed, quiet=True)
-    return d
+    root = R.runs_root(cfg.results_path)
+    own = root / cfg.experiment / f"{config_hash(cfg)}-seed{seed}"
+    if _finished(own):
+        return own
+    if root.is_dir():
+        for exp_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+            d = exp_dir / f"{config_hash(dataclasses.replace(cfg, experiment=exp_dir.name))}-seed{seed}"
+            if _finished(d):
+                print(f"reusing {d} (the same config under experiment {exp_dir.name!r})", file=sys.stderr)
+                return d
+    return run_seed(cfg, load_dataset(cfg), seed, quiet=True)
 
 
 def _models(run_dir: Path, meta):
