@@ -25,11 +25,21 @@ def cmd_run(args) -> int:
 def cmd_prepare(args) -> int:
     from research.data import prepare
 
+    import dataclasses
+
+    from research.config import DataConfig
+
+    data_cfg = _config(args).data if args.config else DataConfig(source=args.source)
+    changes = {k: v for k, v in (("ratings", args.ratings), ("unrated", args.unrated),
+                                 ("min_user_ratings", args.min_user_ratings)) if v is not None}
+    data_cfg = dataclasses.replace(data_cfg, **changes)
     out = Path(args.out) if args.out else Path("data/processed") / args.source
-    manifest = prepare.prepare(args.source, Path(args.raw), out, chunk_rows=args.chunk_rows)
+    manifest = prepare.prepare(args.source, Path(args.raw), out, data_cfg=data_cfg, chunk_rows=args.chunk_rows)
     for name, f in manifest.get("files", {}).items():
         dropped = ", ".join(f"{k}={v}" for k, v in f.get("rows_dropped", {}).items()) or "none"
-        print(f"{name}: read {f['rows_read']}, kept {f['rows_kept']}, dropped {dropped}")
+        flagged = ", ".join(f"{k}={v}" for k, v in f.get("rows_flagged", {}).items())
+        print(f"{name}: read {f['rows_read']}, kept {f['rows_kept']}, dropped {dropped}"
+              + (f" (kept but flagged: {flagged})" if flagged else ""))
     print(f"wrote {out}/manifest.json")
     return 0
 
@@ -208,6 +218,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", required=True, help="folder with the raw files")
     sp.add_argument("--out", help="output folder (default data/processed/<source>)")
     sp.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per streamed chunk")
+    sp.add_argument("--config", help="take the [data] filters (ratings file, unrated, min_user_ratings) from a config")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of --config")
+    sp.add_argument("--ratings", help="ratings file in DIR (default: the source's, e.g. rating_complete.csv; "
+                    "an animelist file works too)")
+    sp.add_argument("--unrated", choices=["drop", "keep"], help="score-0 rows: drop (counted) or keep as watched")
+    sp.add_argument("--min-user-ratings", type=int, help="drop users with fewer rated rows (counted)")
     sp.set_defaults(func=cmd_prepare)
 
     sp = sub.add_parser("synth", help="write a synthetic data set in the mal2020 raw schema")

@@ -76,10 +76,14 @@ def test_mal2020_animelist_sample(shared_data):
     check_balance(m)
     check_balance(m2)
     assert keep.status.dtype == np.int8
-    np.testing.assert_array_equal(keep.status.to_numpy(), ref.watching_status.to_numpy())
+    # unscored plan-to-watch rows are never interactions: dropped under their own reason
+    ptw = (ref.watching_status == 6) & (ref.rating == 0)
+    np.testing.assert_array_equal(keep.status.to_numpy(), ref.watching_status[~ptw].to_numpy())
     n_zero = int((ref.rating == 0).sum())
-    assert n_zero == 2523 and int(keep.rating.isna().sum()) == n_zero
-    assert m2["files"]["animelist_head5000.csv"]["rows_dropped"] == {"unrated": n_zero}
+    assert n_zero == 2523 and int(keep.rating.isna().sum()) == n_zero - int(ptw.sum())
+    assert m["files"]["animelist_head5000.csv"]["rows_dropped"] == {"plan_to_watch": int(ptw.sum())}
+    assert m2["files"]["animelist_head5000.csv"]["rows_dropped"] == {"plan_to_watch": int(ptw.sum()),
+                                                                    "unrated": n_zero - int(ptw.sum())}
     assert len(drop) == 5000 - n_zero
     assert m["files"]["animelist_head5000.csv"]["format"]["layout"] == "animelist"
     assert m["files"]["watching_status.csv"]["rows_read"] == 5
@@ -190,12 +194,14 @@ def test_default_file_resolution(tmp_path):
 
 def test_animelist_with_score_header_and_headerless(tmp_path):
     raw = _raw(tmp_path, {
-        "animelist.csv": "user_id,anime_id,score,watching_status,watched_episodes\n1,1,0,6,0\n1,2,8,2,12\n",
-        "al_noheader.csv": "1,1,0,6,0\n1,2,8,2,12\n"})
+        "animelist.csv": "user_id,anime_id,score,watching_status,watched_episodes\n1,1,0,1,3\n1,3,0,6,0\n"
+                         "1,2,8,2,12\n",
+        "al_noheader.csv": "1,1,0,1,3\n1,3,0,6,0\n1,2,8,2,12\n"})
     a, _, m = sources.load("mal2020", raw, DataConfig(unrated="keep"))
     b, _, _ = sources.load("mal2020", raw, DataConfig(unrated="keep", ratings="al_noheader.csv"))
     pd.testing.assert_frame_equal(a, b)
-    assert a.status.tolist() == [6, 2] and np.isnan(a.rating.iloc[0]) and a.rating.iloc[1] == 8
+    assert a.status.tolist() == [1, 2] and np.isnan(a.rating.iloc[0]) and a.rating.iloc[1] == 8
+    assert m["files"]["animelist.csv"]["rows_dropped"] == {"plan_to_watch": 1}
 
 
 def test_unknown_status_is_flagged_not_dropped(tmp_path):

@@ -11,8 +11,9 @@ Decisions recorded here so both paths apply them the same way:
 
 * Duplicate ``(user, item)`` rows: the last one in file order is kept (it is the latest state of a
   MAL list); the others are dropped under reason ``duplicate``.
-* The order of the row filters is: ``truncated_last_line`` -> ``duplicate`` -> ``unrated`` ->
-  ``min_user_ratings``. A row is counted under the first reason that drops it, so
+* The order of the row filters is: ``truncated_last_line`` -> ``duplicate`` -> ``plan_to_watch``
+  -> ``unrated`` -> ``min_user_ratings``. Unscored plan-to-watch rows (animelist status 6) are
+  never interactions (nobody watched anything), so they are dropped even with ``unrated = "keep"``. A row is counted under the first reason that drops it, so
   ``rows_read == rows_kept + sum(rows_dropped)`` always.
 * Ratings of anime that are not in the catalogue are **kept and counted** under
   ``rows_flagged["unknown_anime"]`` (not dropped): the rating is real user behaviour, the 2020
@@ -37,7 +38,9 @@ import pandas as pd
 from research.errors import DataError
 
 # the reasons a row can be dropped for, in the order the filters run
-DROP_REASONS = ("truncated_last_line", "duplicate", "unrated", "min_user_ratings")
+DROP_REASONS = ("truncated_last_line", "duplicate", "plan_to_watch", "unrated", "min_user_ratings")
+
+PLAN_TO_WATCH = 6  # MAL watching_status code: on the list, never watched
 
 _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min
@@ -490,6 +493,11 @@ def apply_row_filters(cols: dict, stats: FileStats, unrated: str, min_user_ratin
     stats.drop("duplicate", int((~keep).sum()))
     if not keep.all():
         cols = {k: v[keep] for k, v in cols.items()}
+    if "status" in cols and len(cols["status"]):
+        ptw = (cols["status"] == PLAN_TO_WATCH) & np.isnan(cols["rating"])
+        stats.drop("plan_to_watch", int(ptw.sum()))
+        if ptw.any():
+            cols = {k: v[~ptw] for k, v in cols.items()}
     if unrated == "drop":
         rated = ~np.isnan(cols["rating"])
         stats.drop("unrated", int((~rated).sum()))
