@@ -33,6 +33,8 @@ PER_USER = 184
 def write_ratings_csv(path: str, rows: int, items: int = ITEMS, per_user: int = PER_USER, seed: int = 0,
                       chunk_users: int = 20_000) -> dict:
     """Write ``rows`` lines of ``user_id,anime_id,rating`` (CRLF, header, no duplicate pairs)."""
+    import pandas as pd
+
     t0 = time.perf_counter()
     r = np.random.default_rng(seed)
     pop = r.lognormal(0.0, 2.0, items)
@@ -40,6 +42,7 @@ def write_ratings_csv(path: str, rows: int, items: int = ITEMS, per_user: int = 
     anime_ids = np.sort(r.choice(np.arange(1, 50_000), items, replace=False))  # sparse MAL-like ids
     written, user = 0, 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    # CRLF line endings as the real file (which also lacks a final newline; a final CRLF here)
     with open(path, "w", newline="") as fh:
         fh.write("user_id,anime_id,rating\r\n")
         while written < rows:
@@ -55,13 +58,10 @@ def write_ratings_csv(path: str, rows: int, items: int = ITEMS, per_user: int = 
             rws, cols = rws[keep], cols[keep]
             rws, cols = rws[: rows - written], cols[: rows - written]
             rating = np.clip(np.round(7.6 + r.normal(0, 1.6, rws.size)), 1, 10).astype(np.int64)
-            lines = np.char.add(np.char.add(np.char.add(np.char.add((rws + user).astype(str), ","),
-                                                        anime_ids[cols].astype(str)), ","), rating.astype(str))
-            fh.write("\r\n".join(lines.tolist()))
+            pd.DataFrame({"u": rws + user, "a": anime_ids[cols], "r": rating}).to_csv(
+                fh, header=False, index=False, lineterminator="\r\n")
             written += rws.size
             user += chunk_users
-            if written < rows:
-                fh.write("\r\n")
     return {"rows": written, "seconds": time.perf_counter() - t0, "bytes": Path(path).stat().st_size}
 
 
@@ -87,21 +87,34 @@ def run_epoch(processed: str, batch_size: int = 8192, shuffle_buffer: int = 1_00
 
     t0 = time.perf_counter()
     shards = tfdata.find_shards(Path(processed) / "ratings")
-    users, items, total, n = set(), set(), 0.0, 0
-    for f in shards:  # one streaming pass: vocabularies and the mean rating
-        t = pq.read_table(f, columns=["user", "item", "rating"])
+    users, items = set(), set()
+    for f in shards:  # pass 1: the vocabularies
+        t = pq.read_table(f, columns=["user", "item"])
         users.update(np.unique(t["user"].to_numpy()).tolist())
         items.update(np.unique(t["item"].to_numpy()).tolist())
-        r = t["rating"].to_numpy(zero_copy_only=False)
-        r = r[~np.isnan(r)]
-        total += float(r.sum())
-        n += r.size
     meta = Meta(Vocab(np.fromiter(users, np.int64)), Vocab(np.fromiter(items, np.int64)))
+    # pass 2: what EmbeddingDot.prepare computes from in-memory Interactions (mean, range, rated
+    # rows per user and per item), streamed shard by shard
+    n_u = np.zeros(len(meta.users), np.float32)
+    n_i = np.zeros(len(meta.items), np.float32)
+    total, n, lo, hi = 0.0, 0, np.inf, -np.inf
+    for f in shards:
+        t = pq.read_table(f, columns=["user", "item", "rating"])
+        r = t["rating"].to_numpy(zero_copy_only=False)
+        ok = ~np.isnan(r)
+        u = meta.users.index(t["user"].to_numpy()[ok])
+        i = meta.items.index(t["item"].to_numpy()[ok])
+        n_u += np.bincount(u, minlength=len(n_u)).astype(np.float32)
+        n_i += np.bincount(i, minlength=len(n_i)).astype(np.float32)
+        total += float(r[ok].sum())
+        n += int(ok.sum())
+        if ok.any():
+            lo, hi = min(lo, float(r[ok].min())), max(hi, float(r[ok].max()))
     scan_s = time.perf_counter() - t0
     model = registry.build("embedding_dot", {"batch_size": batch_size, "epochs": 1}, seed=seed)
     model.meta = meta
-    model.fit_state = {"mu": total / max(n, 1), "lo": 1.0, "hi": 10.0,
-                       "trained_items": np.ones(len(meta.items), bool)}
+    model.fit_state = {"mu": total / max(n, 1), "lo": lo, "hi": hi, "trained_items": n_i > 0,
+                       "user_count": n_u, "item_count": n_i}
     keras_model = model.build_model()
     keras_model.compile(optimizer=model.make_optimizer())
     stream = tfdata.from_parquet(Path(processed) / "ratings", batch_size, users=meta.users, items=meta.items,
