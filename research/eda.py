@@ -100,17 +100,27 @@ def summarize(dataset) -> dict:
                            "median": float(np.median(r))} if len(r) else {}
 
     # ---- score 0 ------------------------------------------------------------------------------
+    # Score-0 rows are either in the loaded rows (NaN rating, data.unrated = "keep") or were dropped
+    # by the loader as "unrated" or "plan_to_watch" (unscored plan-to-watch rows are always
+    # dropped); the share is over the loaded rows plus those dropped ones.
     unrated_loaded = int((~rated).sum())
-    man = _unrated_from_manifest(dataset.manifest)
+    dropped = rf.get("rows_dropped", {})
+    ptw, unr = int(dropped.get("plan_to_watch", 0)), int(dropped.get("unrated", 0))
+    total0, of_rows = unrated_loaded + ptw + unr, int(n) + ptw + unr
+    where = []
     if unrated_loaded:
-        out["score0"] = {"rows": unrated_loaded, "of_rows": int(n), "share": unrated_loaded / n,
-                         "measured_on": "loaded rows (data.unrated = keep)"}
-    elif man is not None:
-        out["score0"] = {"rows": man[0], "of_rows": man[1], "share": man[0] / man[1] if man[1] else float("nan"),
-                         "measured_on": "manifest: rows dropped as unrated (data.unrated = drop)"}
-    else:
-        out["score0"] = {"rows": 0, "of_rows": int(n), "share": 0.0,
-                         "measured_on": "loaded rows; the ratings file has no score-0 rows"}
+        where.append(f"{unrated_loaded:,} kept as unscored rows (data.unrated = keep)")
+    if unr:
+        where.append(f"{unr:,} dropped as unrated (data.unrated = drop)")
+    if ptw:
+        where.append(f"{ptw:,} unscored plan-to-watch rows dropped by the loader")
+    out["score0"] = {"rows": total0, "of_rows": of_rows, "share": total0 / of_rows if of_rows else float("nan"),
+                     "loaded": unrated_loaded, "dropped_unrated": unr, "dropped_plan_to_watch": ptw,
+                     "measured_on": "; ".join(where) if where else "the ratings file has no score-0 rows"}
+    if total0:
+        # what the study's choice does to the target: every score 0 read as a rating of 0/10
+        out["score0"]["mean_rating_if_zero_counted"] = float(r.sum() / (len(r) + total0))
+    out["score0"]["plan_to_watch_dropped"] = ptw
 
     # ---- duplicates ---------------------------------------------------------------------------
     key = inter.user.astype(np.int64) * max(meta.n_items, 1) + inter.item
@@ -260,10 +270,14 @@ def markdown(s: dict, figs: dict, experiment: str) -> str:
 
     s0 = s["score0"]
     L += ["## Score 0 (listed, not scored)", "",
-          f"{_f(s0['rows'])} of {_f(s0['of_rows'])} rows ({_pct(s0['share'])}) carry score 0 — measured on "
+          f"{_f(s0['rows'])} of {_f(s0['of_rows'])} rows ({_pct(s0['share'])}) carry score 0: "
           f"{s0['measured_on']}. MyAnimeList stores 0 when a user lists an anime without scoring it (plan-to-watch "
           "entries included, see the watching status where the file has it); treating 0 as a rating of 0/10, as "
-          "the original study did, adds a block of lowest ratings nobody gave.", ""]
+          "the original study did, adds a block of lowest ratings nobody gave."]
+    if "mean_rating_if_zero_counted" in s0:
+        L.append(f"Read as 0/10, they would move the mean rating from {_f(s['rating_stats'].get('mean'))} to "
+                 f"{_f(s0['mean_rating_if_zero_counted'])}.")
+    L.append("")
 
     d = s["duplicates"]
     L += ["## Duplicate ratings", "",
@@ -276,6 +290,9 @@ def markdown(s: dict, figs: dict, experiment: str) -> str:
         for code, v in s["watching_status"].items():
             L.append(f"| {code} {v['name']} | {_f(v['rows'])} | {_pct(v['share'])} | {_f(v['score0_rows'])} | "
                      f"{_f(v['mean_rating'])} |")
+        if s["score0"].get("plan_to_watch_dropped"):
+            L.append(f"| 6 Plan to Watch, unscored (dropped by the loader) | {_f(s['score0']['plan_to_watch_dropped'])} "
+                     "| — | all | — |")
         if "status" in figs:
             L += ["", f"![watching status]({figs['status']})"]
         L.append("")

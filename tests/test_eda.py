@@ -29,6 +29,7 @@ def test_summary_numbers():
     assert s["overview"]["rows"] == 7 and s["overview"]["users"] == 4 and s["overview"]["rated_rows"] == 6
     assert s["rating_distribution"] == {"6": 2, "7": 1, "8": 2, "10": 1}
     assert s["score0"]["rows"] == 1 and s["score0"]["share"] == pytest.approx(1 / 7)
+    assert s["score0"]["mean_rating_if_zero_counted"] == pytest.approx(45 / 7)
     assert s["duplicates"] == {"dropped_by_loader": 1, "left_in_loaded_rows": 0,
                                "rule": "the last row of a (user, anime) pair in file order is kept"}
     per_genre = {d["genre"]: d for d in s["genres"]["per_genre"]}
@@ -44,10 +45,13 @@ def test_summary_numbers():
 def test_score0_from_manifest_when_dropped():
     ds = _toy()
     ds = build_dataset(ds.interactions.to_frame().assign(user=lambda f: f.user + 1).dropna(subset=["rating"]),
-                       name="toy", manifest={"files": {"r.csv": {"rows_read": 10, "rows_kept": 6,
-                                                                 "rows_dropped": {"duplicate": 2, "unrated": 2}}}})
+                       name="toy", manifest={"files": {"r.csv": {
+                           "rows_read": 11, "rows_kept": 6,
+                           "rows_dropped": {"duplicate": 2, "plan_to_watch": 1, "unrated": 2}}}})
     s = eda.summarize(ds)
-    assert s["score0"]["rows"] == 2 and s["score0"]["of_rows"] == 8 and s["score0"]["share"] == 0.25
+    # 6 loaded rows (all rated) + 1 plan-to-watch + 2 unrated dropped: 3 score-0 rows of 9
+    assert s["score0"]["rows"] == 3 and s["score0"]["of_rows"] == 9 and s["score0"]["share"] == pytest.approx(1 / 3)
+    assert s["score0"]["mean_rating_if_zero_counted"] == pytest.approx((8 + 6 + 10 + 6 + 8 + 7) / 9)
 
 
 def test_report_sections_and_figures(tmp_path):
