@@ -13,7 +13,7 @@ from research.models.base import Recommender, top_k
 
 def _split(train, val, test, n_users=3, n_items=6):
     rows = [(u, i, r, p) for p, part in enumerate((train, val, test)) for (u, i, r) in part]
-    f = pd.DataFrame(rows, columns=["user", "item", "rating", "part"])
+    f = pd.DataFrame(rows, columns=["user", "item", "rating", "part"]).sort_values(["user", "item"])
     ds = build_dataset(f, name="toy")
     inter = ds.interactions
     assert inter.n_users == n_users and inter.n_items == n_items  # ids 0..n-1 map to themselves

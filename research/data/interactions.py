@@ -210,6 +210,8 @@ def build_dataset(frame: pd.DataFrame, item_table: pd.DataFrame | None = None, n
             can embed anime nobody rated; ranking candidates are restricted by the harness to
             items seen in training.
         name: data set name.
+
+    Rows are sorted by (user, item) so that splits do not depend on file order.
     """
     users = Vocab(frame["user"].to_numpy())
     item_ids = frame["item"].to_numpy()
@@ -223,7 +225,12 @@ def build_dataset(frame: pd.DataFrame, item_table: pd.DataFrame | None = None, n
             if col in table:
                 table[col] = [v if isinstance(v, list) else [] for v in table[col]]
     meta = Meta(users=users, items=items, item_table=table, name=name)
-    extra = {"status": frame["status"].to_numpy()} if "status" in frame else {}
-    inter = Interactions(users.index(frame["user"].to_numpy()), items.index(frame["item"].to_numpy()),
-                         frame["rating"].to_numpy(dtype=np.float32, na_value=np.nan), meta, extra)
+    user = users.index(frame["user"].to_numpy())
+    item = items.index(frame["item"].to_numpy())
+    # Rows in (user, item) order: a seeded split then depends only on the data, not on the order
+    # the rows came in (raw CSV vs the bucketed parquet of ``prepare`` give the same split).
+    order = np.lexsort((item, user))
+    extra = {"status": frame["status"].to_numpy()[order]} if "status" in frame else {}
+    inter = Interactions(user[order], item[order],
+                         frame["rating"].to_numpy(dtype=np.float32, na_value=np.nan)[order], meta, extra)
     return Dataset(inter, manifest or {})
