@@ -181,3 +181,25 @@ def test_tensorboard_logs_and_projector(tmp_path):
     assert lines[1] == ds.meta.item_names(trained[:1])[0].replace("\t", " ") + f"\t{ds.meta.items.ids(trained[0])}"
     assert (log / "projector_config.pbtxt").exists() and list(log.glob("embedding.ckpt-1*"))
     assert not (tmp_path / "tb" / "ckpt").exists()  # checkpoints derived from log_dir, removed at the end
+
+
+def test_lazy_adam_updates_only_batch_rows_and_matches_adam_first_step():
+    import tensorflow as tf
+
+    from research.models.keras.common import LazyAdam
+
+    init = np.arange(12, dtype=np.float32).reshape(6, 2) / 10
+    idx = tf.constant([1, 3, 1])  # a duplicate index: its gradients must be summed
+    out = {}
+    for name, opt in (("adam", tf.keras.optimizers.Adam(0.1)), ("lazy", LazyAdam(0.1))):
+        var = tf.Variable(init)
+        for _ in range(2):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.gather(var, idx) ** 2)
+            opt.apply_gradients([(tape.gradient(loss, var), var)])
+            out.setdefault(name, []).append(var.numpy().copy())
+    np.testing.assert_allclose(out["lazy"][0], out["adam"][0], atol=1e-5)  # moments start at 0: same step (epsilon differs)
+    untouched = [0, 2, 4, 5]
+    assert np.array_equal(out["lazy"][1][untouched], init[untouched])
+    assert not np.allclose(out["lazy"][1][[1, 3]], init[[1, 3]])
+    np.testing.assert_allclose(out["lazy"][1][[1, 3]], out["adam"][1][[1, 3]], atol=1e-5)

@@ -79,7 +79,7 @@ def model_throughput(data, batch_size: int, epochs: int = 3, seed: int = 0, **pa
 
 def embedding_dot_throughput(n_ratings: int = 1_000_000, batch_size: int = 65_536, epochs: int = 3, seed: int = 0,
                              n_users: int = 50_000, n_items: int = 10_000, dim: int = 32,
-                             jit_compile: bool = False, learning_rate: float = 0.01) -> dict:
+                             jit_compile: bool = False, learning_rate: float = 0.01, optimizer: str = "adam") -> dict:
     """Measure the input pipeline alone and the ``embedding_dot`` training loop.
 
     Args:
@@ -90,6 +90,7 @@ def embedding_dot_throughput(n_ratings: int = 1_000_000, batch_size: int = 65_53
         n_users, n_items, dim: table sizes (Adam touches every row of both tables at every step).
         jit_compile: XLA-compile the train step.
         learning_rate: Adam's step (irrelevant to speed; set to something that trains).
+        optimizer: "adam" (Keras: moments of whole tables updated every step) or "lazy_adam".
 
     Returns:
         {"n_ratings", "batch_size", ..., "pipeline_examples_per_s", "pipeline_examples_per_cpu_s",
@@ -103,13 +104,13 @@ def embedding_dot_throughput(n_ratings: int = 1_000_000, batch_size: int = 65_53
 
     data = synthetic_ratings(n_ratings, n_users, n_items, seed)
     out = {"n_ratings": n_ratings, "batch_size": batch_size, "epochs": epochs, "n_users": n_users,
-           "n_items": n_items, "dim": dim, "jit_compile": jit_compile,
+           "n_items": n_items, "dim": dim, "jit_compile": jit_compile, "optimizer": optimizer,
            "cpu_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",
            "load_average_1min": round(os.getloadavg()[0], 2)}
     wall, per_cpu = pipeline_throughput(data, batch_size, epochs, seed)
     out["pipeline_examples_per_s"], out["pipeline_examples_per_cpu_s"] = round(wall), round(per_cpu)
     res = model_throughput(data, batch_size, epochs, seed, dim=dim, jit_compile=jit_compile,
-                           learning_rate=learning_rate)
+                           learning_rate=learning_rate, optimizer=optimizer)
     out["train_examples_per_s"] = round(res["examples_per_s"])
     out["train_examples_per_cpu_s"] = round(res["examples_per_cpu_s"])
     out["epoch_seconds"], out["epoch_cpu_seconds"] = res["epoch_seconds"], res["epoch_cpu_seconds"]
@@ -121,5 +122,5 @@ def embedding_dot_throughput(n_ratings: int = 1_000_000, batch_size: int = 65_53
 if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
     for bs in [int(a) for a in sys.argv[2:]] or [65_536]:
-        for jit in (False, True):
-            embedding_dot_throughput(n, batch_size=bs, jit_compile=jit)
+        for opt in ("adam", "lazy_adam"):
+            embedding_dot_throughput(n, batch_size=bs, optimizer=opt)

@@ -104,6 +104,38 @@ class TFRSModel(tfrs.Model):
         return self._step_logs(loss, reg, inputs)
 
 
+class LazyAdam(tf.keras.optimizers.Adam):
+    """Adam that, for sparse (embedding) gradients, updates only the rows in the batch.
+
+    Keras' Adam decays the moments of every row of a table at every step, even for a sparse
+    gradient: the step costs O(table) and dominates small batches on large tables. Here rows absent
+    from the batch keep their moments and values (as TF-Addons' LazyAdam); dense gradients use
+    Adam unchanged. Duplicate indices in a batch are summed first.
+    """
+
+    def update_step(self, gradient, variable):
+        if not isinstance(gradient, tf.IndexedSlices):
+            return super().update_step(gradient, variable)
+        dtype = variable.dtype
+        lr = tf.cast(self.learning_rate, dtype)
+        step = tf.cast(self.iterations + 1, dtype)
+        b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
+        key = self._var_key(variable)
+        m = self._momentums[self._index_dict[key]]
+        v = self._velocities[self._index_dict[key]]
+        alpha = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
+        rows, pos = tf.unique(gradient.indices)
+        g = tf.math.unsorted_segment_sum(gradient.values, pos, tf.shape(rows)[0])
+        m_rows = b1 * tf.gather(m, rows) + (1 - b1) * g
+        v_rows = b2 * tf.gather(v, rows) + (1 - b2) * tf.square(g)
+        m.scatter_update(tf.IndexedSlices(m_rows, rows))
+        v.scatter_update(tf.IndexedSlices(v_rows, rows))
+        variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
+
+
+OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
+
+
 # ---- callbacks ----------------------------------------------------------------------------
 class _History(tf.keras.callbacks.Callback):
     """Per-epoch logs as plain lists; persisted in ``state_dir`` so a resumed fit keeps them."""
@@ -228,6 +260,8 @@ class KerasRecommender(Recommender):
         early_stopping: stop early (and keep the best epoch's weights) when a validation set is given.
         min_delta: smallest change of ``monitor`` counted as an improvement.
         jit_compile: XLA-compile the train step.
+        optimizer: "adam" (Keras Adam: dense moment updates), "lazy_adam" (sparse rows only; much
+            faster on big tables with small batches), "adagrad" or "sgd".
         eval_batch_size: batch size for validation and batched inference.
         checkpoint_dir: folder for resumable checkpoints ("" = derived from ``log_dir``, or none).
         verbose: Keras' fit verbosity (0 silent, 2 one line per epoch).
@@ -242,8 +276,12 @@ class KerasRecommender(Recommender):
 
     def __init__(self, epochs: int = 20, batch_size: int = 8192, learning_rate: float = 1e-3, patience: int = 3,
                  early_stopping: bool = True, min_delta: float = 0.0, jit_compile: bool = False,
-                 eval_batch_size: int = 65536, checkpoint_dir: str = "", verbose: int = 0, seed: int = 0):
+                 eval_batch_size: int = 65536, checkpoint_dir: str = "", verbose: int = 0, seed: int = 0,
+                 optimizer: str = "adam"):
         super().__init__(seed)
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        self.optimizer = optimizer
         if int(epochs) < 1:
             raise ConfigError(f"epochs must be >= 1, got {epochs}")
         if int(batch_size) < 1:
@@ -281,7 +319,14 @@ class KerasRecommender(Recommender):
         return tfdata.interaction_features(data, rated_only=self.rated_only)
 
     def make_optimizer(self) -> tf.keras.optimizers.Optimizer:
-        """The optimizer (default: Adam at ``learning_rate``)."""
+        """The optimizer named by ``self.optimizer`` at ``learning_rate``."""
+        name = getattr(self, "optimizer", "adam")
+        if name == "lazy_adam":
+            return LazyAdam(learning_rate=self.learning_rate)
+        if name == "adagrad":
+            return tf.keras.optimizers.Adagrad(learning_rate=self.learning_rate)
+        if name == "sgd":
+            return tf.keras.optimizers.SGD(learning_rate=self.learning_rate)
         return tf.keras.optimizers.Adam(learning_rate=self.learning_rate)
 
     def after_fit(self) -> None:
