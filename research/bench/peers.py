@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from research.bench.report import available, fmt_ms, md_table, mean_std, skipped
+from research.bench.report import available, bench_dir, fmt_ms, md_table, mean_std, skipped
 from research.config import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "experiments" / "configs"
@@ -87,9 +87,11 @@ def run_peers(quick: bool = False) -> dict:
     from research.errors import ConfigError
     from research.eval.harness import evaluate
     from research.models import registry
+    from research.results import write_json
     from research.seeding import child_seed, seed_everything
 
     cfg, cfg_path = _config(quick)
+    partial = bench_dir(quick) / "peers.json.partial"
     t0 = time.perf_counter()
     dataset, loader = load_data(cfg)
     load_seconds = time.perf_counter() - t0
@@ -125,7 +127,11 @@ def run_peers(quick: bool = False) -> dict:
             per_seed.setdefault(spec.name, {})[str(seed)] = {**res, **model.extra_metrics(),
                                                              "fit_seconds": fit_seconds,
                                                              "fit_cpu_seconds": fit_cpu}
+            # what is measured so far survives an interrupted run (a full run takes long on a
+            # shared machine); removed once the final JSON is written
+            write_json(partial, {"status": "running", "per_seed": per_seed, "skipped_models": skipped_models})
     out = summarize(per_seed, {s.name: s for s in cfg.models}, cfg.eval.k)
+    partial.unlink(missing_ok=True)
     out.update({"config": str(cfg_path.relative_to(REPO_ROOT)) if cfg_path.is_relative_to(REPO_ROOT) else str(cfg_path),
                 "dataset": {"name": dataset.name, "rows": len(dataset.interactions),
                             "users": dataset.interactions.n_users, "items": dataset.interactions.n_items,
