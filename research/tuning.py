@@ -324,7 +324,7 @@ def _finite_metrics(metrics: dict) -> dict:
     return out
 
 
-def _hparams_config(logdir: Path, space: dict, objective: str, hyperband: bool, metric_names) -> None:
+def _hparams_config(logdir: Path, space: dict, objective: str, max_epochs: int | None, metric_names) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp_api
 
@@ -339,8 +339,8 @@ def _hparams_config(logdir: Path, space: dict, objective: str, hyperband: bool, 
         else:
             dom = hp_api.Discrete([False, True])
         hparams.append(hp_api.HParam(name, dom))
-    if hyperband:
-        hparams.append(hp_api.HParam("epochs", hp_api.IntInterval(1, 10_000)))
+    if max_epochs:  # Hyperband's resource
+        hparams.append(hp_api.HParam("epochs", hp_api.IntInterval(1, int(max_epochs))))
     metrics = [hp_api.Metric(objective, display_name=f"val {objective} (objective)")]
     metrics += [hp_api.Metric(m, display_name=f"val {m}") for m in metric_names if m != objective]
     with tf.summary.create_file_writer(str(logdir)).as_default():
@@ -633,7 +633,8 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     if (done_before or pending) and not quiet:
         print(f"[animerec] resuming {out}: {done_before} trial(s) done, re-running {len(pending)} "
               f"({', '.join(pending) or 'none'})", file=sys.stderr)
-    _hparams_config(out / "logs", spec.space, objective, oracle_name == "hyperband", ctx.metric_names)
+    _hparams_config(out / "logs", spec.space, objective,
+                    cfg.tune.max_epochs if oracle_name == "hyperband" else None, ctx.metric_names)
 
     t0 = time.perf_counter()
     status = "interrupted"
