@@ -27,6 +27,9 @@ Decisions (and why):
   scratch for ``tuner/epochs`` epochs (no warm start from the previous round's weights: the
   Recommender wrappers do not expose their weights to the tuner), which costs more epochs than
   ideal Hyperband but keeps trials independent. ``tune.max_trials`` caps Hyperband's trials too.
+- **Default first**: when the untuned configuration (the table's values, else the constructor's
+  defaults) lies inside the space, it is the first trial (``is_default`` in tuning.json), so the
+  best trial is never worse on validation than the default (Hyperband still sets its epochs).
 - **Seeds**: the search uses the config's first seed. The split is the runner's split for that
   seed (``make_split(..., seed)``), and every trial's model gets ``child_seed(seed, NAME)`` — the
   seed ``animerec run`` gives that model — so trials differ only in their hyperparameters (common
@@ -256,18 +259,70 @@ def _oracle(cfg: Config, spec: ModelSpec, objective: str, direction: str, seed: 
         raise ConfigError(f"tune.max_trials: expected >= 1, got {max_trials}")
     common = dict(objective=obj, hyperparameters=hps, seed=oseed, max_retries_per_trial=0)
     if cfg.tune.oracle == "random":
-        return kt.oracles.RandomSearchOracle(max_trials=max_trials, **common)
-    if cfg.tune.oracle == "bayesian":
+        o = _default_first(kt.oracles.RandomSearchOracle)(max_trials=max_trials, **common)
+    elif cfg.tune.oracle == "bayesian":
         initial = max(3, min(3 * len(spec.space), max_trials // 2))
-        return _bayesian_class()(max_trials=max_trials, num_initial_points=initial, **common)
-    if cfg.tune.oracle == "hyperband":
+        o = _default_first(_bayesian_class())(max_trials=max_trials, num_initial_points=initial, **common)
+    elif cfg.tune.oracle == "hyperband":
         if cfg.tune.max_epochs < 1 or cfg.tune.hyperband_factor < 2:
             raise ConfigError("tune.max_epochs must be >= 1 and tune.hyperband_factor >= 2 for hyperband")
-        o = kt.oracles.HyperbandOracle(max_epochs=int(cfg.tune.max_epochs), factor=int(cfg.tune.hyperband_factor),
-                                       hyperband_iterations=1, **common)
+        o = _default_first(kt.oracles.HyperbandOracle)(
+            max_epochs=int(cfg.tune.max_epochs), factor=int(cfg.tune.hyperband_factor), hyperband_iterations=1,
+            **common)
         o.max_trials = max_trials  # a cap: Hyperband itself has no max_trials
-        return o
-    raise ConfigError(f"tune.oracle: expected one of {', '.join(ORACLES)}, got {cfg.tune.oracle!r}")
+    else:
+        raise ConfigError(f"tune.oracle: expected one of {', '.join(ORACLES)}, got {cfg.tune.oracle!r}")
+    o.default_values = default_values(spec)
+    return o
+
+
+def default_values(spec: ModelSpec) -> dict | None:
+    """The untuned configuration as a point of the search space: each searched parameter's value
+    in the config table, else the constructor's default. None when one of them lies outside its
+    range (or choices): then the search cannot try the default as a trial."""
+    cls = registry.model_class(spec.type)
+    sig = inspect.signature(cls.__init__)
+    out = {}
+    for name, e in spec.space.items():
+        if name in spec.params:
+            v = spec.params[name]
+        elif name in sig.parameters and sig.parameters[name].default is not inspect.Parameter.empty:
+            v = sig.parameters[name].default
+        else:
+            return None
+        t = e["type"]
+        if t == "boolean":
+            ok = isinstance(v, bool)
+        elif t == "choice":
+            ok = any(v == c and type(v) is type(c) for c in e["values"])
+        elif t == "int":
+            ok = (isinstance(v, int) and not isinstance(v, bool) and e["min"] <= v <= e["max"]
+                  and (not e.get("step") or (v - e["min"]) % e["step"] == 0))
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and e["min"] <= v <= e["max"]
+            v = float(v)
+        if not ok:
+            return None
+        out[name] = v
+    return out
+
+
+def _default_first(base):
+    """``base`` oracle whose first configuration is the untuned default (``default_values``), so
+    that the search's best is never worse on validation than the configuration it started from
+    (trials are deterministic, and all three oracles draw their first values from
+    ``_random_values``). Hyperband still decides the default's epochs."""
+
+    class DefaultFirst(base):
+        default_values: dict | None = None
+
+        def _random_values(self):
+            if self.default_values and not self._tried_so_far and not self._duplicate(self.default_values):
+                return dict(self.default_values)
+            return super()._random_values()
+
+    DefaultFirst.__name__ = f"DefaultFirst{base.__name__}"
+    return DefaultFirst
 
 
 _BAYESIAN_CLASS = None
@@ -468,6 +523,7 @@ class _Context:
     meta: dict
     trial_hook: Callable | None = None
     quiet: bool = False
+    defaults: dict | None = None  # the untuned configuration as a point of the space, if it is one
 
     @property
     def project(self) -> Path:
@@ -512,7 +568,9 @@ class _Context:
             status = t.status if t.status != "INVALID" else "FAILED"
             if rec.get("status") == "FAILED" and status == "RUNNING":
                 status = "FAILED"
+            hp_now = {k: v for k, v in t.hyperparameters.values.items() if k not in _TUNER_KEYS}
             row = {"trial_id": tid, "status": status,
+                   "is_default": self.defaults is not None and hp_now == self.defaults,
                    "hyperparameters": rec.get("hyperparameters",
                                               {k: v for k, v in t.hyperparameters.values.items()
                                                if k not in _TUNER_KEYS}),
@@ -620,8 +678,10 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
             "rows": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}}
     if oracle_name == "hyperband":
         meta.update(max_epochs=cfg.tune.max_epochs, hyperband_factor=cfg.tune.hyperband_factor)
+    defaults = default_values(spec)
+    meta["default_values"] = defaults  # tried first (None: the default lies outside the space)
     ctx = _Context(cfg=cfg, spec=spec, out=out, objective=objective, direction=direction, seed=seed,
-                   model_seed=model_seed, meta=meta, trial_hook=trial_hook, quiet=quiet)
+                   model_seed=model_seed, meta=meta, trial_hook=trial_hook, quiet=quiet, defaults=defaults)
 
     oracle = _oracle(cfg, spec, objective, direction, seed)
     Tuner = _tuner_class()

@@ -58,6 +58,9 @@ def test_random_search_scores_on_validation(tmp_path):
     assert t["status"] == "finished" and t["scored_on"] == "validation"
     assert [r["status"] for r in t["trials"]] == ["COMPLETED"] * 3
     assert len({r["hyperparameters"]["user_damping"] for r in t["trials"]}) == 3
+    # the untuned default (Bias' constructor values) is tried first
+    assert t["trials"][0]["hyperparameters"] == {"user_damping": 5.0, "item_damping": 5.0}
+    assert [r["is_default"] for r in t["trials"]] == [True, False, False]
     split = make_split(data.interactions, cfg.split, 0)
     for r in t["trials"]:
         assert 0.0 <= r["hyperparameters"]["user_damping"] <= 50.0
@@ -266,3 +269,18 @@ def test_which_model_is_tuned(tmp_path):
     assert tuned_spec(_cfg(tmp_path, 'model = "bias"', models=two)).name == "bias"
     with pytest.raises(ConfigError, match="unknown model 'bais'"):
         tuned_spec(_cfg(tmp_path, 'model = "bais"', models=two))
+
+
+def test_default_values_as_a_point_of_the_space(tmp_path):
+    from research.tuning import default_values, tuned_spec
+
+    assert default_values(tuned_spec(_cfg(tmp_path))) == {"user_damping": 5.0, "item_damping": 5.0}
+    # a value in the table wins over the constructor's default
+    cfg = _cfg(tmp_path, models="[models.bias]\nuser_damping = 20\n" + SPACE)
+    assert default_values(tuned_spec(cfg)) == {"user_damping": 20.0, "item_damping": 5.0}
+    # outside the range (or the choices): the default cannot be a trial
+    cfg = _cfg(tmp_path, models='[models.bias.space]\nuser_damping = {type="float", min=10.0, max=50.0}\n')
+    assert default_values(tuned_spec(cfg)) is None
+    cfg = _cfg(tmp_path, models='[models.bias.space]\nclip = {type="boolean"}\n'
+                                'iterations = {type="choice", values=[1, 2]}\n')
+    assert default_values(tuned_spec(cfg)) is None  # iterations defaults to 3
