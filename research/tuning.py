@@ -38,7 +38,8 @@ Decisions (and why):
 - **Folder**: ``results/runs/<experiment>/tune-<config hash>-seed<seed>/``. The hash is
   :func:`research.experiment.config_hash` of the config with ``tune.max_trials`` and
   ``tune.retrain_on_full`` blanked, so raising the trial budget extends the same search.
-- **Resume**: the keras-tuner project (``keras_tuner/`` in the folder) is reopened with
+- **Resume**: only on the same data (a fingerprint of the split is kept in the folder; other
+  data discard the old search, with a message). The keras-tuner project (``keras_tuner/`` in the folder) is reopened with
   ``overwrite=False``: finished trials are kept, a trial that was running when the process died is
   re-run (keras-tuner queues it for retry on reload), and a trial that failed is re-run too (so
   a search only ever ends with every trial completed).
@@ -608,6 +609,45 @@ def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def data_fingerprint(split) -> str:
+    """A hash of the split's three parts (users, items, ratings, row order): trials of a search are
+    only comparable on the same data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part in (split.train, split.val, split.test):
+        for a in (part.user, part.item, part.rating):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(b"|")
+    h.update(f"{split.meta.n_users},{split.meta.n_items}".encode())
+    return h.hexdigest()[:16]
+
+
+def _check_data(out: Path, split, quiet: bool) -> None:
+    """Resume only a search made on the same data: the folder's name depends on the config, not on
+    the data, and a changed data file (or loader) would mix trials scored on different data. On a
+    mismatch the old search is discarded (with a message) and the search starts afresh."""
+    import shutil
+
+    fp = data_fingerprint(split)
+    f = out / "data_fingerprint.json"
+    project = out / "keras_tuner"
+    if project.exists():
+        old = R.read_json(f).get("fingerprint") if f.is_file() else None
+        if old != fp:
+            if not quiet:
+                print(f"[animerec] {out}: the data differ from the ones this search was run on "
+                      f"({old} -> {fp}); starting the search afresh", file=sys.stderr)
+            for name in ("keras_tuner", "logs", "models", "tuning.json", "metrics.json", "table.md"):
+                p = out / name
+                if p.is_dir():
+                    shutil.rmtree(p)
+                elif p.exists():
+                    p.unlink()
+    R.write_json(f, {"fingerprint": fp, "rows": {"train": len(split.train), "val": len(split.val),
+                                                  "test": len(split.test)}})
+
+
 def _requeue_failed(oracle) -> int:
     """Send trials that failed in an earlier invocation back to the oracle's retry queue (keras-tuner
     itself only re-queues the ones that were running when the process died)."""
@@ -666,12 +706,14 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     seed_everything(seed)
     split = make_split(dataset.interactions, cfg.split, seed)
     out = tuning_dir(cfg, seed)
+    _check_data(out, split, quiet)
     out.mkdir(parents=True, exist_ok=True)
     R.write_json(out / "status.json", {"status": "running", "started": time.time()})
     R.write_json(out / "config.json", {**cfg.to_dict(), "seed": seed})
     R.write_json(out / "env.json", R.environment(seed))
 
     meta = {"experiment": cfg.experiment, "dataset": dataset.name, "split": split.name, "seed": seed,
+            "data_fingerprint": data_fingerprint(split),
             "model": spec.name, "type": spec.type, "model_seed": model_seed, "oracle": oracle_name,
             "objective": objective, "direction": direction, "scored_on": "validation",
             "max_trials": cfg.tune.max_trials, "space": spec.space, "fixed_params": spec.params,

@@ -284,3 +284,20 @@ def test_default_values_as_a_point_of_the_space(tmp_path):
     cfg = _cfg(tmp_path, models='[models.bias.space]\nclip = {type="boolean"}\n'
                                 'iterations = {type="choice", values=[1, 2]}\n')
     assert default_values(tuned_spec(cfg)) is None  # iterations defaults to 3
+
+
+@pytest.mark.keras
+def test_other_data_restart_the_search(tmp_path):
+    from research.data.interactions import build_dataset as build
+    from research.tuning import tune
+
+    cfg = _cfg(tmp_path, "max_trials = 2")
+    tune(cfg, _dataset(), quiet=True)
+    f = _dataset().interactions.to_frame()
+    f["user"] = _dataset().meta.users.ids(f["user"])
+    f["item"] = _dataset().meta.items.ids(f["item"])
+    f.loc[f.index[:50], "rating"] = 10.0  # the same config on changed data
+    calls = []
+    out = tune(cfg, build(f, name="toy"), quiet=True, trial_hook=lambda tid, p: calls.append(tid))
+    assert calls == ["0", "1"]  # not resumed: every trial re-run on the new data
+    assert len(_tuning(out)["trials"]) == 2
