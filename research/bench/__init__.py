@@ -129,6 +129,8 @@ def markdown_throughput(res: dict) -> str:
 
 
 def _short(v):
+    if isinstance(v, bool):
+        return str(v).lower()
     if isinstance(v, float):
         return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
     if isinstance(v, int):
