@@ -257,3 +257,14 @@ def test_recommendernet_save_load(recnet, split, tmp_path):
     u, i = split.test.user, split.test.item
     np.testing.assert_allclose(loaded.predict(u, i), recnet.predict(u, i), rtol=1e-6)
     assert loaded.extra_metrics()["mae_scaled"] == recnet.extra_metrics()["mae_scaled"]
+
+
+def test_two_tower_without_history_or_features(split):
+    from research.models.keras.two_tower import TwoTower
+
+    # ids only, no history: the user tower is the id embedding alone; cold anime share one vector
+    m = TwoTower(**{**TT, "use_history": False, "side_features": [], "epochs": 1}).fit(split.train)
+    assert m.score(np.arange(3)).shape == (3, split.meta.n_items)
+    cold = np.setdiff1d(np.arange(split.meta.n_items), split.train.items_present())
+    v = m.embed_items(cold)
+    np.testing.assert_allclose(v, np.broadcast_to(v[0], v.shape), atol=1e-6)

@@ -45,7 +45,7 @@ class _TwoTowerModel(TFRSModel):
         self.side = item_encoder(item_features, feature_dims, use=use_features) if use_features else None
         self.item_proj = tf.keras.layers.Dense(dim, name="item_projection")
         self.user_id = tf.keras.layers.Embedding(n_users, id_dim, embeddings_initializer=zeros, name="user_id_embedding")
-        self.history = bool(history)
+        self.use_history = bool(history)
         self.hist_emb = tf.keras.layers.Embedding(n_items, id_dim, embeddings_initializer=zeros, name="history_embedding")
         self.user_proj = tf.keras.layers.Dense(dim, name="user_projection")
         # each user's training anime, as a ragged table (row u = u's distinct anime)
@@ -67,7 +67,7 @@ class _TwoTowerModel(TFRSModel):
 
     def user_tower(self, users, leave_out=None):
         parts = [self.user_id(users)]
-        if self.history:
+        if self.use_history:
             rows = tf.gather(self.hist, users)  # (B, None) anime ids
             vecs = rows.with_flat_values(self.hist_emb(rows.flat_values))
             total = tf.reduce_sum(vecs, axis=1)
@@ -88,7 +88,7 @@ class _TwoTowerModel(TFRSModel):
     # ---- training ------------------------------------------------------------------------
     def compute_loss(self, inputs, training=False):
         users, items = inputs["user"], inputs["item"]
-        q = self.user_tower(users, leave_out=items if self.history else None)
+        q = self.user_tower(users, leave_out=items if self.use_history else None)
         c = self.item_tower(items)
         loss = self.task(q, c, sample_weight=inputs.get("weight"),
                          candidate_sampling_probability=tf.exp(tf.gather(self.log_q, items)),
@@ -129,7 +129,7 @@ class TwoTower(KerasRecommender):
     Args:
         dim: output size of both towers (the space ``score`` works in).
         id_dim: size of the user-id, anime-id and history embeddings.
-        history: add the mean history embedding to the user tower.
+        use_history: add the mean history embedding to the user tower.
         side_features: anime side features among "genres", "studios", "type", "source",
             "episodes", "synopsis" (empty: ids only, and cold anime all get the same vector).
         feature_dims: embedding size per side feature (see ``features.item_encoder``).
@@ -149,7 +149,7 @@ class TwoTower(KerasRecommender):
     monitor_mode = "max"
     rated_only = False
 
-    def __init__(self, dim: int = 64, id_dim: int = 32, history: bool = True, side_features: list = _FEATURES,
+    def __init__(self, dim: int = 64, id_dim: int = 32, use_history: bool = True, side_features: list = _FEATURES,
                  feature_dims: dict | None = None, synopsis_terms: int = 24, synopsis_vocab: int = 5000,
                  temperature: float = 0.05, sampling_correction: bool = True, rating_weight: float = 0.0,
                  l2: float = 0.0, val_k: int = 10, val_users: int = 2000, epochs: int = 40, batch_size: int = 1024,
@@ -170,7 +170,7 @@ class TwoTower(KerasRecommender):
             raise ConfigError("l2 and rating_weight must be >= 0")
         self.monitor = f"val_ndcg_at_{int(val_k)}"
         self.dim, self.id_dim = int(dim), int(id_dim)
-        self.history = bool(history)
+        self.use_history = bool(use_history)
         self.side_features = list(side_features)
         self.feature_dims = dict(feature_dims or {})
         self.synopsis_terms, self.synopsis_vocab = int(synopsis_terms), int(synopsis_vocab)
@@ -223,7 +223,7 @@ class TwoTower(KerasRecommender):
         log_q = np.log(np.maximum(counts, 1.0) / max(counts.sum(), 1.0)) if self.sampling_correction \
             else np.zeros(len(counts))
         return _TwoTowerModel(self.meta.n_users, self.meta.n_items, self.id_dim, self.dim, self._item_features(),
-                              self.feature_dims, tuple(self.side_features), self.history, st["hist_indptr"],
+                              self.feature_dims, tuple(self.side_features), self.use_history, st["hist_indptr"],
                               st["hist_items"], st["trained_items"], log_q.astype(np.float32), self.temperature,
                               self.l2, self.val_k)
 
