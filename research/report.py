@@ -104,7 +104,7 @@ def markdown_table(per_seed: list[dict], k: int = 10) -> str:
 
 # ---- gathering runs ------------------------------------------------------------------------
 
-_RUN_ID = re.compile(r"^(?P<hash>[0-9A-Za-z_]+)-seed(?P<seed>-?\d+)$")
+_RUN_ID = re.compile(r"^(?:tune-)?(?P<hash>[0-9A-Za-z_]+)-seed(?P<seed>-?\d+)$")
 
 
 @dataclass

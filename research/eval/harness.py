@@ -50,7 +50,7 @@ def _member(query: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
 
 
 def evaluate(model, split: Split, k: int = 10, part: str = "test", batch_users: int = 1024,
-             relevance_threshold: float = 0.0) -> EvalResult:
+             relevance_threshold: float = 0.0, ranking: bool = True) -> EvalResult:
     """Evaluate a fitted model on ``split.test`` (or ``split.val`` with ``part="val"``).
 
     Args:
@@ -60,17 +60,20 @@ def evaluate(model, split: Split, k: int = 10, part: str = "test", batch_users: 
         part: "test" (exclude train and validation items) or "val" (exclude train items).
         batch_users: users scored per batch (memory ~ batch_users x n_items x 8 bytes).
         relevance_threshold: if > 0, only target items rated >= this are relevant.
+        ranking: False skips the ranking metrics (scoring every user against every item), e.g.
+            when tuning on rmse; they are then absent from the summary.
     """
     if part not in ("test", "val"):
         raise ValueError("part must be 'test' or 'val'")
     target: Interactions = split.test if part == "test" else split.val
     seen = split.train if part == "val" else split.train.concat(split.val)
     return evaluate_parts(model, split.train, seen, target, k=k, batch_users=batch_users,
-                          relevance_threshold=relevance_threshold)
+                          relevance_threshold=relevance_threshold, ranking=ranking)
 
 
 def evaluate_parts(model, train: Interactions, seen: Interactions, target: Interactions, k: int = 10,
-                   batch_users: int = 1024, relevance_threshold: float = 0.0) -> EvalResult:
+                   batch_users: int = 1024, relevance_threshold: float = 0.0,
+                   ranking: bool = True) -> EvalResult:
     """The harness on explicit parts: candidates from ``train``, exclusion from ``seen``."""
     t0 = time.perf_counter()
     n_items = train.n_items
@@ -94,7 +97,7 @@ def evaluate_parts(model, train: Interactions, seen: Interactions, target: Inter
         rel = target
     rel_keys = np.unique(_keys(rel.user, rel.item, n_items))
     rel_users, n_rel = np.unique(rel_keys // n_items, return_counts=True)
-    if not getattr(model, "ranks", True):  # no ranking of its own: ranking metrics are absent
+    if not ranking or not getattr(model, "ranks", True):  # ranking metrics absent
         rel_users, n_rel = rel_users[:0], n_rel[:0]
     train_users = train.users_present()
     candidates = np.zeros(n_items, dtype=bool)
