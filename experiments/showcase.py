@@ -63,8 +63,21 @@ def _models(run_dir: Path, meta):
     metrics = R.read_json(run_dir / "metrics.json")
     out = []
     for name in metrics["models"]:
-        out.append((name, load_model(run_dir, name, meta)))
+        try:
+            out.append((name, load_model(run_dir, name, meta)))
+        except Exception as exc:  # a model saved by an older version of its class: say so, go on
+            FAILED[name] = f"{type(exc).__name__}: {exc}"
+            print(f"showcase: cannot reload {name}: {FAILED[name]}", file=sys.stderr)
     return out
+
+
+TITLE = ""  # the claim's experiment name (the run may be another experiment's, see ensure_run)
+FAILED: dict[str, str] = {}  # model -> why it could not be reloaded from the run
+
+
+def _failed_note() -> list[str]:
+    return ["", "Could not be reloaded from the run (rerun it with the current code): " +
+            "; ".join(f"{n} ({why})" for n, why in FAILED.items()) + "."] if FAILED else []
 
 
 def pick_user(seen, meta, seed: int, min_seen: int = 20) -> int:
@@ -89,7 +102,7 @@ def similar_anime(run_dir: Path, anime: list[str], k: int) -> str:
 
     meta, metrics, cfg = load_run(run_dir)
     models = _models(run_dir, meta)
-    lines = [f"# Similar anime ({cfg['experiment']})", "",
+    lines = [f"# Similar anime ({TITLE or cfg['experiment']})", "",
              f"Run `{run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir}`; nearest "
              f"{k} anime by each model's own similarity (cosine of its item representation, or its item-item "
              "similarity); the query itself excluded. Cells: name (MAL id) and similarity.", ""]
@@ -112,7 +125,7 @@ def similar_anime(run_dir: Path, anime: list[str], k: int) -> str:
         if missing:
             lines += ["", f"No item representation: {', '.join(missing)}."]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + _failed_note()) + "\n"
 
 
 def _user_choice(args, seen, meta) -> tuple[int, str]:
@@ -134,7 +147,7 @@ def similar_users(run_dir: Path, args) -> str:
     u, how = _user_choice(args, seen, meta)
     k = args.k
     mine = set(seen[u].indices.tolist())
-    lines = [f"# Similar users ({cfg['experiment']})", "", f"Query: {how}; {len(mine)} anime seen.",
+    lines = [f"# Similar users ({TITLE or cfg['experiment']})", "", f"Query: {how}; {len(mine)} anime seen.",
              f"Run `{run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir}`. Cells: user id, "
              "similarity, and how many anime the two users share in train + validation.", ""]
     cols, missing = [], []
@@ -159,7 +172,7 @@ def similar_users(run_dir: Path, args) -> str:
             lines.append(f"| {r + 1} | " + " | ".join(c[r] if r < len(c) else "—" for _, c in cols) + " |")
     if missing:
         lines += ["", f"No user representation: {', '.join(missing)}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _failed_note()) + "\n"
 
 
 def recommend(run_dir: Path, args) -> str:
@@ -183,7 +196,7 @@ def recommend(run_dir: Path, args) -> str:
     candidates = np.asarray(seen.getnnz(axis=0) > 0).ravel()
     row = seen[u]
     order = np.lexsort((row.indices, -row.data))[:10]
-    lines = [f"# Recommendations for one user ({cfg_d['experiment']})", "",
+    lines = [f"# Recommendations for one user ({TITLE or cfg_d['experiment']})", "",
              f"User: {how}; {row.nnz} anime in train + validation, {len(test_items)} held out for test.",
              f"Run `{run_dir.relative_to(REPO) if run_dir.is_relative_to(REPO) else run_dir}`. Seen anime and "
              "anime outside the training candidates are excluded for every model, as in the harness; "
@@ -207,7 +220,7 @@ def recommend(run_dir: Path, args) -> str:
         lines.append(f"| {r + 1} | " + " | ".join(c[r] if r < len(c) else "—" for _, c in cols) + " |")
     if skipped:
         lines += ["", f"No per-user ranking: {', '.join(skipped)}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _failed_note()) + "\n"
 
 
 def main(argv=None) -> int:
@@ -229,6 +242,8 @@ def main(argv=None) -> int:
 
     try:
         cfg = C.load(args.config, args.set)
+        global TITLE
+        TITLE = cfg.experiment
         run_dir = ensure_run(cfg)
         if args.what == "similar-anime":
             text = similar_anime(run_dir, args.anime, args.k)
