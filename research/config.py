@@ -48,7 +48,7 @@ class DataConfig:
     ratings: str = ""  # ratings file in the folder ("" -> the source's default)
     catalogue: str = ""  # anime catalogue file ("" -> the source's default, if present)
     synopsis: str = ""  # synopsis file ("" -> the source's default, if present)
-    unrated: str = "drop"  # rows with score 0 / -1: "drop" (counted) or "keep" (as watched, no rating)
+    unrated: str = "drop"  # score 0 / -1 rows: "drop" (counted), "keep" (watched, no rating), "zero" (0/10, the study)
     max_rows: int = 0  # read at most this many rating rows (0 = all)
     min_user_ratings: int = 0  # drop users with fewer rated rows (counted in the manifest)
     fallback_to_synth: bool = True  # with no real data found, run on the synthetic generator
@@ -66,6 +66,7 @@ class SplitConfig:
 
     kind: str = "random"  # random | user_holdout | leave_k_out | cold_start
     test_fraction: float = 0.2  # random / user_holdout / cold_start: share held out for test
+    test_rows: int = 0  # random only: hold out exactly this many rows instead (the study: 10,000)
     val_fraction: float = 0.1  # share of the remaining train held back for validation
     k: int = 1  # leave_k_out: items per user held out for test (and for validation)
 

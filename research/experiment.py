@@ -31,8 +31,8 @@ from research.seeding import child_seed, seed_everything
 
 def config_hash(cfg: Config) -> str:
     d = cfg.to_dict()
-    d.pop("seeds", None)
-    d.pop("source_file", None)
+    for key in ("seeds", "source_file", "results_dir"):  # where results go does not change them
+        d.pop(key, None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -91,6 +91,8 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
                "models": dict(done)}
     per_user_path = run_dir / "per_user.csv"
     per_user = [pd.read_csv(per_user_path)] if done and per_user_path.is_file() else []
+    per_rating_path = run_dir / "per_rating.parquet"
+    per_rating = [pd.read_parquet(per_rating_path)] if done and per_rating_path.is_file() else []
     for spec, model in models:
         if spec.name in done:
             continue
@@ -106,6 +108,11 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
         model.save(run_dir / "models" / spec.name)
         per_user.append(res.per_user.assign(model=spec.name))
         R.atomic_write_text(per_user_path, pd.concat(per_user, ignore_index=True).to_csv(index=False))
+        if res.per_rating is not None:  # per-rating errors, for paired tests of rmse / mae
+            per_rating.append(res.per_rating.assign(model=spec.name))
+            tmp = run_dir / "per_rating.tmp.parquet"
+            pd.concat(per_rating, ignore_index=True).to_parquet(tmp, index=False)
+            tmp.replace(per_rating_path)
         R.write_json(run_dir / "metrics.json", metrics)
     R.write_json(run_dir / "metrics.json", metrics)
     table = markdown_table([metrics["models"]], cfg.eval.k)

@@ -44,13 +44,17 @@ class Crashing(Bias):
 def test_run_folder_contents_and_reload(tmp_path):
     cfg = _cfg(tmp_path)
     d = run_seed(cfg, _dataset(), 0, quiet=True)
-    for name in ("config.json", "env.json", "metrics.json", "per_user.csv", "table.md", "status.json", "meta.pkl",
-                 "seen.npz"):
+    for name in ("config.json", "env.json", "metrics.json", "per_user.csv", "per_rating.parquet", "table.md",
+                 "status.json", "meta.pkl", "seen.npz"):
         assert (d / name).is_file(), name
     m = json.loads((d / "metrics.json").read_text())
     assert set(m) >= {"experiment", "dataset", "split", "seed", "models"}
     assert list(m["models"]) == ["global_mean", "bias", "popularity"]
     assert "ndcg@10" not in m["models"]["global_mean"] and "rmse" not in m["models"]["popularity"]
+    pr = pd.read_parquet(d / "per_rating.parquet")
+    assert set(pr["model"]) == {"global_mean", "bias"}  # popularity predicts no ratings
+    b = pr[pr["model"] == "bias"]
+    assert np.sqrt(np.mean((b["rating"] - b["prediction"]) ** 2)) == pytest.approx(m["models"]["bias"]["rmse"], rel=1e-5)
     assert all("fit_seconds" in v for v in m["models"].values())
     assert json.loads((d / "status.json").read_text())["status"] == "finished"
     env = json.loads((d / "env.json").read_text())

@@ -258,3 +258,15 @@ def test_estimate_rows_is_close(tmp_path):
     est = sources.estimate_rows(p)
     assert abs(est - 300_001) / 300_001 < 0.1
     assert hashlib.sha256(p.read_bytes()).hexdigest() == sources.V.sha256_file(p)
+
+
+def test_unrated_zero_reads_score_0_as_a_rating(tmp_path):
+    """The study's reading: every animelist row kept, score 0 as 0/10 (plan-to-watch included)."""
+    raw = _raw(tmp_path, {
+        "animelist.csv": "user_id,anime_id,score,watching_status,watched_episodes\n1,1,0,1,3\n1,3,0,6,0\n"
+                         "1,2,8,2,12\n"})
+    frame, _, m = sources.load("mal2020", raw, DataConfig(unrated="zero"))
+    got = sorted(zip(frame.item.tolist(), frame.rating.tolist()))
+    assert got == [(1, 0.0), (2, 8.0), (3, 0.0)]
+    f = m["files"]["animelist.csv"]
+    assert f["rows_read"] == f["rows_kept"] == 3 and not f.get("rows_dropped")

@@ -74,3 +74,10 @@ def test_cold_start_users_disjoint(data):
 def test_bad_fraction(data):
     with pytest.raises(ConfigError):
         random_split(data, 1.5, 0.1, 0)
+
+
+def test_random_split_fixed_test_rows(data):
+    s = random_split(data, 0.2, 0.1, 0, test_rows=100)
+    assert len(s.test) == 100 and len(s.val) == round(0.1 * (len(data) - 100))
+    with pytest.raises(ConfigError):
+        random_split(data, 0.2, 0.1, 0, test_rows=len(data))

@@ -37,22 +37,26 @@ def _parts(data: Interactions, part: np.ndarray, name: str) -> Split:
 
 
 def random_split(data: Interactions, test_fraction: float = 0.2, val_fraction: float = 0.1,
-                 seed: int = 0) -> Split:
+                 seed: int = 0, test_rows: int = 0) -> Split:
     """Rows at random: ``test_fraction`` to test, then ``val_fraction`` of the rest to validation.
 
     The DESIGN's default protocol (80/20 with 10% of train for validation). A user may end up with
-    no test row (counted by the harness) or no train row (a cold user in test).
+    no test row (counted by the harness) or no train row (a cold user in test). ``test_rows > 0``
+    holds out exactly that many rows instead of a fraction (the study's 10,000-row holdout).
     """
     _check_fraction(test_fraction, val_fraction)
     r = np.random.default_rng(seed)
     n = len(data)
     order = r.permutation(n)
-    n_test = int(round(test_fraction * n))
+    if test_rows < 0 or test_rows >= n > 0:
+        raise ConfigError(f"split.test_rows must be in [0, {n}), got {test_rows}")
+    n_test = int(test_rows) if test_rows else int(round(test_fraction * n))
     n_val = int(round(val_fraction * (n - n_test)))
     part = np.zeros(n, dtype=np.int8)
     part[order[:n_test]] = 2
     part[order[n_test:n_test + n_val]] = 1
-    return _parts(data, part, f"random(test={test_fraction},val={val_fraction},seed={seed})")
+    held = f"test_rows={test_rows}" if test_rows else f"test={test_fraction}"
+    return _parts(data, part, f"random({held},val={val_fraction},seed={seed})")
 
 
 def _rank_within_user(user: np.ndarray, r: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +118,7 @@ def cold_start_users(data: Interactions, test_fraction: float = 0.2, val_fractio
 def make_split(data: Interactions, cfg, seed: int) -> Split:
     """The split a ``SplitConfig`` asks for."""
     if cfg.kind == "random":
-        return random_split(data, cfg.test_fraction, cfg.val_fraction, seed)
+        return random_split(data, cfg.test_fraction, cfg.val_fraction, seed, cfg.test_rows)
     if cfg.kind == "user_holdout":
         return user_holdout(data, cfg.test_fraction, cfg.val_fraction, seed)
     if cfg.kind == "leave_k_out":

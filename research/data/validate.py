@@ -479,20 +479,26 @@ def keep_last_mask(user: np.ndarray, item: np.ndarray) -> np.ndarray:
 
 
 def apply_row_filters(cols: dict, stats: FileStats, unrated: str, min_user_ratings: int) -> dict:
-    """Duplicates (keep last), unrated rows (``unrated`` = "drop" | "keep"), users with fewer than
+    """Duplicates (keep last), unrated rows (``unrated`` = "drop" | "keep" | "zero": read as 0/10,
+    the original study's choice), users with fewer than
     ``min_user_ratings`` rated rows. Counts each dropped row once in ``stats``.
 
     Args:
         cols: column name -> numpy array (``user``, ``item``, ``rating`` and optional extras).
     """
-    if unrated not in ("drop", "keep"):
+    if unrated not in ("drop", "keep", "zero"):
         from research.errors import ConfigError
 
-        raise ConfigError(f"data.unrated must be 'drop' or 'keep', not {unrated!r}")
+        raise ConfigError(f"data.unrated must be 'drop', 'keep' or 'zero', not {unrated!r}")
     keep = keep_last_mask(cols["user"], cols["item"])
     stats.drop("duplicate", int((~keep).sum()))
     if not keep.all():
         cols = {k: v[keep] for k, v in cols.items()}
+    if unrated == "zero":
+        # the original study's reading: score 0 is a rating of 0/10, every list row kept
+        # (plan-to-watch included). Offered to reproduce it, not as a sound default.
+        cols = dict(cols)
+        cols["rating"] = np.where(np.isnan(cols["rating"]), np.float32(0.0), cols["rating"]).astype(np.float32)
     if "status" in cols and len(cols["status"]):
         ptw = (cols["status"] == PLAN_TO_WATCH) & np.isnan(cols["rating"])
         stats.drop("plan_to_watch", int(ptw.sum()))

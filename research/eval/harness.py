@@ -35,6 +35,7 @@ class EvalResult:
 
     summary: dict
     per_user: pd.DataFrame
+    per_rating: pd.DataFrame | None = None  # user, item (external ids), rating, prediction
 
 
 def _keys(user: np.ndarray, item: np.ndarray, n_items: int) -> np.ndarray:
@@ -89,6 +90,10 @@ def evaluate_parts(model, train: Interactions, seen: Interactions, target: Inter
         summary["rmse"] = M.rmse(rated.rating, preds)
         summary["mae"] = M.mae(rated.rating, preds)
         summary["rated_target_rows"] = int(len(rated))
+        per_rating = pd.DataFrame({"user": rated.meta.users.ids(rated.user), "item": rated.meta.items.ids(rated.item),
+                                   "rating": rated.rating, "prediction": preds.astype(np.float32)})
+    else:
+        per_rating = None
 
     # ---- ranking metrics -----------------------------------------------------------------
     if relevance_threshold > 0:
@@ -149,4 +154,4 @@ def evaluate_parts(model, train: Interactions, seen: Interactions, target: Inter
         f"precision@{k}": per["precision"], f"recall@{k}": per["recall"], f"ndcg@{k}": per["ndcg"],
         f"ap@{k}": per["ap"], f"hit@{k}": per["hit"], f"novelty@{k}": per["novelty"],
     })
-    return EvalResult(summary, per_user)
+    return EvalResult(summary, per_user, per_rating)
