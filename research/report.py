@@ -59,9 +59,11 @@ def columns_for(models: dict, k: int = 10) -> list[str]:
 
 
 def _digits(col: str) -> int:
+    if col == "n_clusters":
+        return 0
     if col == "wcss":
         return 1
-    return 2 if col in ("fit_seconds", "n_clusters") else 4
+    return 2 if col == "fit_seconds" else 4
 
 
 def _finite(values: list) -> list[float]:
