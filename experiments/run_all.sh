@@ -6,13 +6,15 @@
 #   ANIMEREC_DATA=/path/to/shared/data bash experiments/run_all.sh          # everything
 #   ANIMEREC_DATA=... bash experiments/run_all.sh leaderboard study_protocol  # only these steps
 #
-# Step names: eda runs showcase elbow report, or one experiment name (a config in experiments/configs).
+# Step names: eda runs tune showcase elbow report, or one experiment name (a config in experiments/configs).
+# A finished tuning search is reused (keras-tuner resumes it; no trial is repeated) and refitted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ANIMEREC_DATA="${ANIMEREC_DATA:-$(cd .. && pwd)/shared/data}"
 PY="${PYTHON:-python3}"
 CFG=experiments/configs
-RUNS=(leaderboard kmeans_elbow dnn_curves study_protocol study_protocol_score0)
+RUNS=(leaderboard kmeans_elbow dnn_curves study_protocol study_protocol_score0 tuned_vs_peers)
+TUNES=(tune_item_knn tune_embedding_dot tune_two_tower)
 
 step() {  # step NAME COMMAND...: run it, print its wall time
   local name="$1"; shift
@@ -39,6 +41,11 @@ fi
 for exp in "${RUNS[@]}"; do
   if wanted runs || wanted "$exp"; then
     step "run $exp" "$PY" -m research run -q "$CFG/$exp.toml"
+  fi
+done
+for exp in "${TUNES[@]}"; do
+  if wanted tune || wanted "$exp"; then
+    step "tune $exp" "$PY" -m research tune "$CFG/$exp.toml"
   fi
 done
 if wanted elbow || wanted kmeans_elbow; then
