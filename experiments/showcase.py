@@ -80,6 +80,16 @@ def _failed_note() -> list[str]:
             "; ".join(f"{n} ({why})" for n, why in FAILED.items()) + "."] if FAILED else []
 
 
+def _side_by_side(cols: list, k: int) -> list[str]:
+    """A Markdown table with one column per model: ``cols`` is [(model, [cell per rank])]."""
+    if not cols:
+        return []
+    lines = ["| rank | " + " | ".join(n for n, _ in cols) + " |", "|---:|" + "---|" * len(cols)]
+    for r in range(k):
+        lines.append(f"| {r + 1} | " + " | ".join(c[r] if r < len(c) else "—" for _, c in cols) + " |")
+    return lines
+
+
 def pick_user(seen, meta, seed: int, min_seen: int = 20) -> int:
     """A user index drawn with ``seed`` among users with >= ``min_seen`` train + validation anime."""
     counts = np.diff(seen.indptr)
@@ -117,11 +127,7 @@ def similar_anime(run_dir: Path, anime: list[str], k: int) -> str:
                 missing.append(name)
                 continue
             cols.append((name, [f"{_cell_name(meta, i)} {s:.2f}" if i >= 0 else "—" for i, s in zip(idx[0], sims[0])]))
-        if cols:
-            lines.append("| rank | " + " | ".join(n for n, _ in cols) + " |")
-            lines.append("|---:|" + "---|" * len(cols))
-            for r in range(k):
-                lines.append(f"| {r + 1} | " + " | ".join(c[r] if r < len(c) else "—" for _, c in cols) + " |")
+        lines += _side_by_side(cols, k)
         if missing:
             lines += ["", f"No item representation: {', '.join(missing)}."]
         lines.append("")
@@ -165,11 +171,7 @@ def similar_users(run_dir: Path, args) -> str:
             common = len(mine & set(seen[i].indices.tolist()))
             cells.append(f"{meta.users.ids(i)} ({s:.2f}, {common} shared)")
         cols.append((name, cells))
-    if cols:
-        lines.append("| rank | " + " | ".join(n for n, _ in cols) + " |")
-        lines.append("|---:|" + "---|" * len(cols))
-        for r in range(k):
-            lines.append(f"| {r + 1} | " + " | ".join(c[r] if r < len(c) else "—" for _, c in cols) + " |")
+    lines += _side_by_side(cols, k)
     if missing:
         lines += ["", f"No user representation: {', '.join(missing)}."]
     return "\n".join(lines + _failed_note()) + "\n"
@@ -214,10 +216,7 @@ def recommend(run_dir: Path, args) -> str:
         cells = [("✓ " if i in test_items else "") + _cell_name(meta, i) if i >= 0 else "—" for i in items[0]]
         hits = sum(i in test_items for i in items[0])
         cols.append((f"{name} ({hits} ✓)", cells))
-    lines.append("| rank | " + " | ".join(n for n, _ in cols) + " |")
-    lines.append("|---:|" + "---|" * len(cols))
-    for r in range(k):
-        lines.append(f"| {r + 1} | " + " | ".join(c[r] if r < len(c) else "—" for _, c in cols) + " |")
+    lines += _side_by_side(cols, k)
     if skipped:
         lines += ["", f"No per-user ranking: {', '.join(skipped)}."]
     return "\n".join(lines + _failed_note()) + "\n"

@@ -142,16 +142,7 @@ import json, os, resource, sys, time
 sys.path.insert(0, {root!r})
 import research  # env vars (legacy Keras, quiet TF) before anything else
 import importlib
-def hwm_mb():
-    # VmHWM: this process's own peak RSS (ru_maxrss inherits the parent's across fork + exec)
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from research.bench.report import peak_rss_mb as hwm_mb  # own peak, not the parent's
 mod, fn = {target!r}.split(":")
 f = getattr(importlib.import_module(mod), fn)
 base = hwm_mb()
