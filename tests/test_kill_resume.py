@@ -79,7 +79,9 @@ def test_sigkill_mid_fit_then_resume_gives_identical_metrics(tmp_path):
     assert "resuming" in err
     assert _metrics(tmp_path / "killed") == reference
     # ... and it resumed rather than refitting from scratch (which would also give the same numbers):
-    # the second process's TensorBoard log starts after the epochs the first one finished.
+    # the second process's TensorBoard log starts after the epochs the first one finished. history.json
+    # is written before BackupAndRestore saves the same epoch, so when it lists 2 epochs the backup
+    # holds at least the first: the resumed log starts at epoch 1 or later, never at 0.
     import tensorflow as tf
 
     files = sorted((run / "logs" / "embedding_dot" / "train").glob("events.out.tfevents.*"),
@@ -90,4 +92,4 @@ def test_sigkill_mid_fit_then_resume_gives_identical_metrics(tmp_path):
         ep = [e.step for e in tf.compat.v1.train.summary_iterator(str(f))
               for v in e.summary.value if v.tag == "epoch_loss"]
         first_steps.append(min(ep))
-    assert first_steps[0] == 0 and first_steps[1] >= 2, first_steps
+    assert first_steps[0] == 0 and first_steps[1] >= 1, first_steps
