@@ -68,10 +68,14 @@ class _TwoTowerModel(TFRSModel):
     def user_tower(self, users, leave_out=None):
         parts = [self.user_id(users)]
         if self.use_history:
-            rows = tf.gather(self.hist, users)  # (B, None) anime ids
-            vecs = rows.with_flat_values(self.hist_emb(rows.flat_values))
-            total = tf.reduce_sum(vecs, axis=1)
-            count = tf.cast(rows.row_lengths(), tf.float32)[:, None]
+            # each distinct user's history is summed once per batch (a batch of B pairs holds far
+            # fewer distinct users than B, and every history row costs a lookup and a gradient row)
+            uniq, pos = tf.unique(users)
+            rows = tf.gather(self.hist, uniq)  # (U, None) anime ids
+            sums = tf.math.unsorted_segment_sum(self.hist_emb(rows.flat_values), rows.value_rowids(),
+                                                tf.size(uniq))
+            total = tf.gather(sums, pos)
+            count = tf.cast(tf.gather(rows.row_lengths(), pos), tf.float32)[:, None]
             if leave_out is not None:  # training pair (u, i): i is in u's history, take it out
                 total -= self.hist_emb(leave_out)
                 count -= 1.0
