@@ -13,7 +13,7 @@
 
 A benchmark whose dependency has not landed (another part of the project) reports
 ``status: skipped`` with the reason instead of failing. ``animerec bench`` with no name runs the
-cheap ones (all but ``fullsize``, whose 57M-row step is run by hand).
+cheap ones (all but ``fullsize``, whose 57M-row step takes most of an hour: run it by name).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``fullsize``: ``prepare`` and one training epoch of ``embedding_dot`` as rows grow to MAL's size.
 
-For each size (full: 1M, 10M; 57M by hand with ``--set``-free ``run(quick=False, sizes=[...])``;
-quick: 100k, 300k) a synthetic ``rating_complete.csv``-shaped file is written (``user_id,anime_id,rating``,
+For each size (full: 1M, 10M, 57M — ``animerec bench fullsize``, about an hour on 2 cores;
+quick: 100k, 300k; any others with ``run(sizes=[...])``) a synthetic ``rating_complete.csv``-shaped file is written (``user_id,anime_id,rating``,
 CRLF, users grouped as in the real file, ~184 ratings per user, long-tailed anime popularity; into
 ``results/bench/tmp/``, gitignored), then, each in a fresh subprocess with its own peak RSS:
 
@@ -24,7 +24,7 @@ import numpy as np
 from research.bench.report import available, in_subprocess, md_table, skipped
 from research.config import REPO_ROOT
 
-FULL_SIZES = [1_000_000, 10_000_000]  # 57M: run(sizes=[57_000_000]) by hand (tens of minutes)
+FULL_SIZES = [1_000_000, 10_000_000, 57_000_000]  # 57M ~ rating_complete.csv
 QUICK_SIZES = [100_000, 300_000]
 ITEMS = 17_562
 PER_USER = 184
