@@ -89,24 +89,32 @@ def main(name: str | None = None, quick: bool = False, out_dir=None) -> list[Pat
 # ---- throughput: a thin wrapper over research.bench.throughput (written elsewhere) --------------
 def run_throughput(quick: bool = False) -> dict:
     """Training throughput of the Keras models through ``research.bench.throughput``'s functions
-    (``embedding_dot_throughput``, and ``two_tower_throughput`` / ``dnn_throughput`` when they
-    exist), each in its own subprocess so that one size's memory does not carry into the next."""
+    (``embedding_dot_throughput``, ``two_tower_throughput``, ``dnn_throughput``; a missing one is
+    skipped with a note), each size in its own subprocess so that one size's memory does not carry
+    into the next.
+
+    Each function runs at its own batch size (``batch_sizes`` in the result): ``two_tower``'s
+    in-batch softmax builds a batch x batch logits matrix, so it trains at its default 1,024, and
+    for the same reason runs 2 epochs (one timed) instead of 3 to keep the 10M run affordable.
+    """
     from research.bench import report
 
     if not report.available("research.bench.throughput"):
         return report.skipped("research.bench.throughput not available")
     mod = importlib.import_module("research.bench.throughput")
     sizes = [100_000] if quick else [1_000_000, 10_000_000]
-    epochs = 2 if quick else 3  # the first epoch (tracing) is excluded from the rates: >= 2
-    batch_size = 65_536
+    # function -> (batch size, epochs, variants); the first epoch (tracing) is excluded from the rates
+    epochs = 2 if quick else 3
+    plan = {"embedding_dot_throughput": (65_536, epochs, [{"optimizer": "adam"}, {"optimizer": "lazy_adam"}]),
+            "two_tower_throughput": (1_024, 2, [{}]),
+            "dnn_throughput": (65_536, epochs, [{}])}
     runs, notes = [], []
-    for fn_name in ("embedding_dot_throughput", "two_tower_throughput", "dnn_throughput"):
+    for fn_name, (batch_size, epochs, variants) in plan.items():
         if not hasattr(mod, fn_name):
             notes.append(f"research.bench.throughput has no {fn_name}: skipped")
             continue
-        extra = [{"optimizer": "adam"}, {"optimizer": "lazy_adam"}] if fn_name == "embedding_dot_throughput" else [{}]
         for n in sizes:
-            for kw in extra:
+            for kw in variants:
                 try:
                     out = report.in_subprocess(f"research.bench.throughput:{fn_name}", n_ratings=n,
                                                batch_size=batch_size, epochs=epochs, seed=0, **kw)
@@ -115,7 +123,8 @@ def run_throughput(quick: bool = False) -> dict:
                     continue
                 runs.append({"function": fn_name, **(out["result"] or {}), "peak_rss_mb": out["peak_rss_mb"],
                              "process_seconds": out["process_seconds"]})
-    return {"status": "ok" if runs else "skipped", "runs": runs, "notes": notes}
+    return {"status": "ok" if runs else "skipped", "runs": runs, "notes": notes,
+            "batch_sizes": {f: p[0] for f, p in plan.items()}, "epochs": {f: p[1] for f, p in plan.items()}}
 
 
 def markdown_throughput(res: dict) -> str:
@@ -124,8 +133,20 @@ def markdown_throughput(res: dict) -> str:
     runs = res.get("runs") or []
     if not runs:
         return res.get("reason", "")
-    keys = [k for k in runs[0] if k not in ("function",)]
-    return md_table(["function"] + keys, [[r.get("function")] + [_short(r.get(k)) for k in keys] for r in runs])
+    cols = [("model", "model"), ("n_ratings", "ratings"), ("batch_size", "batch"), ("optimizer", "optimizer"),
+            ("epochs", "epochs"), ("pipeline_examples_per_s", "pipeline ex/s"),
+            ("train_examples_per_s", "train ex/s"), ("train_examples_per_cpu_s", "train ex/CPU-s"),
+            ("model_over_pipeline_time", "model / pipeline time"), ("load_average_1min", "load (start)"),
+            ("load_average_1min_end", "load (end)"), ("peak_rss_mb", "peak RSS MB")]
+    table = md_table([c[1] for c in cols], [[_short(r.get(k)) for k, _ in cols] for r in runs])
+    shapes = sorted({f"{r.get('n_users', 0):,} users x {r.get('n_items', 0):,} anime" for r in runs})
+    features = sorted({f"{r.get('model')}: {r['item_features']}" for r in runs if r.get("item_features")})
+    return "\n".join([
+        f"Training examples per second over the epochs after the first (synthetic uniform ratings over "
+        f"{' / '.join(shapes)}), and of the input pipeline alone at the same batch size; *model / pipeline "
+        "time* = pipeline ex/s / train ex/s. Wall-clock rates on a shared machine: compare the load "
+        "average with the core count.", "", table]
+        + (["", "Item side features: " + "; ".join(features) + "."] if features else []))
 
 
 def _short(v):
