@@ -14,7 +14,7 @@ export ANIMEREC_DATA="${ANIMEREC_DATA:-$(cd .. && pwd)/shared/data}"
 PY="${PYTHON:-python3}"
 CFG=experiments/configs
 RUNS=(leaderboard kmeans_elbow dnn_curves study_protocol study_protocol_score0 tuned_vs_peers)
-TUNES=(tune_item_knn tune_embedding_dot tune_two_tower)
+TUNES=(tune_item_knn tune_embedding_dot tune_two_tower tune_dnn tune_kmeans)
 
 step() {  # step NAME COMMAND...: run it, print its wall time
   local name="$1"; shift
