@@ -2,8 +2,9 @@
 top-k lists are k unique unseen items sorted by score, predictions lie on the rating scale, the
 same seed gives the same scores, and nearest-neighbour queries never return the query.
 
-Add a model by adding its name to ``MODELS`` (and small parameters to ``PARAMS``); the Keras
-models can join with ``pytest.param(name, marks=pytest.mark.keras)``.
+Every model of the registry is here (the peers' have their own suite, ``test_peers.py``, since
+they need the "peers" extra); a new model joins by its registry line, with small parameters in
+``PARAMS`` if its defaults are slow. Keras models carry the ``keras`` mark.
 """
 import numpy as np
 import pandas as pd
@@ -14,9 +15,9 @@ from research.data.splits import random_split
 from research.models import registry
 from research.models.base import NotSupported
 
-KERAS = ["embedding_dot", "recommendernet", "two_tower", "dnn"]
-MODELS = ["global_mean", "bias", "popularity", "user_knn", "item_knn", "content", "kmeans",
-          *(pytest.param(name, marks=pytest.mark.keras) for name in KERAS)]
+KERAS = sorted(registry.KERAS_MODELS)
+MODELS = [pytest.param(name, marks=pytest.mark.keras) if name in registry.KERAS_MODELS else name
+          for name in registry.MODELS if name not in registry.PEER_MODELS]
 PARAMS = {
     "user_knn": {"k": 5},
     "item_knn": {"k": 5},
@@ -26,6 +27,8 @@ PARAMS = {
     "recommendernet": {"min_user_rows": 1, "epochs": 2, "batch_size": 64},
     "two_tower": {"dim": 8, "epochs": 2, "batch_size": 64},
     "dnn": {"epochs": 2, "batch_size": 64},
+    "ease": {"lam": 10.0},
+    "multvae": {"hidden": [16], "latent": 8, "epochs": 3, "batch_size": 8},
 }
 K = 5
 
@@ -123,6 +126,7 @@ def test_same_seed_same_scores(name, fitted, split):
 
 # which nearest-neighbour queries each model must answer (others may raise NotSupported)
 MUST_SIMILAR = {"item_knn": {"items"}, "user_knn": {"users"}, "content": {"items"}, "kmeans": {"users"},
+                "ease": {"items"},
                 **{name: {"items", "users"} for name in KERAS}}
 
 

@@ -18,11 +18,13 @@ MODELS: dict[str, str] = {
     "item_knn": "research.models.neighbors:ItemKNN",
     "content": "research.models.content:ContentBased",
     "kmeans": "research.models.clustering:KMeansUsers",
+    "ease": "research.models.ease:EASE",
     # Keras / TensorFlow Recommenders
     "embedding_dot": "research.models.keras.embedding_dot:EmbeddingDot",
     "recommendernet": "research.models.keras.recommendernet:RecommenderNet",
     "two_tower": "research.models.keras.two_tower:TwoTower",
     "dnn": "research.models.keras.dnn:DNN",
+    "multvae": "research.models.keras.multvae:MultVAE",
     # peers (extra "peers")
     "surprise_svd": "research.models.peers:SurpriseSVD",
     "surprise_svdpp": "research.models.peers:SurpriseSVDpp",
@@ -31,7 +33,9 @@ MODELS: dict[str, str] = {
     "implicit_bpr": "research.models.peers:ImplicitBPR",
 }
 
-KERAS_MODELS = {"embedding_dot", "recommendernet", "two_tower", "dnn"}
+KERAS_MODELS = {"embedding_dot", "recommendernet", "two_tower", "dnn", "multvae"}
+#: the peers' models (extra "peers"): absent from the contract suite, which needs no extra
+PEER_MODELS = {name for name, where in MODELS.items() if where.startswith("research.models.peers:")}
 
 
 def model_class(name: str):

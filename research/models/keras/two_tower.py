@@ -30,6 +30,7 @@ from research.data.interactions import Interactions
 from research.errors import ConfigError
 from research.models.keras.common import KerasRecommender, TFRSModel, tf, tfrs
 from research.models.keras.features import build_item_features, item_encoder
+from research.models.keras.validation import ndcg_at_k, validation_targets
 from research.seeding import child_seed
 
 _FEATURES = ("genres", "studios", "type", "source", "episodes", "synopsis")
@@ -111,19 +112,7 @@ class _TwoTowerModel(TFRSModel):
         q = self.user_tower(users)
         c = self.item_tower(tf.range(self.n_items))
         s = tf.matmul(q, c, transpose_b=True)
-        neg = tf.fill(tf.shape(s), tf.constant(-np.inf, s.dtype))
-        s = tf.where(self.candidates[None, :], s, neg)
-        seen = tf.gather(self.hist, users)
-        idx = tf.stack([tf.cast(seen.value_rowids(), tf.int32), seen.flat_values], axis=1)
-        s = tf.tensor_scatter_nd_update(s, idx, tf.fill([tf.shape(idx)[0]], tf.constant(-np.inf, s.dtype)))
-        k = tf.minimum(self.val_k, self.n_items)
-        vals, top = tf.math.top_k(s, k=k)
-        hits = tf.reduce_any(top[:, :, None] == targets[:, None, :], axis=-1) & tf.math.is_finite(vals)
-        disc = 1.0 / (tf.math.log(tf.cast(tf.range(k), tf.float32) + 2.0) / np.log(2.0))
-        dcg = tf.reduce_sum(tf.cast(hits, tf.float32) * disc, axis=1)
-        n_rel = tf.reduce_sum(tf.cast(targets >= 0, tf.int32), axis=1)
-        idcg = tf.gather(tf.concat([[0.0], tf.cumsum(disc)], 0), tf.minimum(n_rel, k))
-        self.ndcg.update_state(dcg / tf.maximum(idcg, 1e-12))
+        self.ndcg.update_state(ndcg_at_k(s, self.candidates, tf.gather(self.hist, users), targets, self.val_k))
         return {self.ndcg.name: self.ndcg.result()}
 
 
@@ -202,16 +191,7 @@ class TwoTower(KerasRecommender):
                 cols["weight"] = np.maximum(1.0 + self.rating_weight * z, 0.1).astype(np.float32)
             return cols
         # validation: one row per user, their validation anime padded with -1
-        pairs = np.unique(data.user.astype(np.int64) * data.n_items + data.item)
-        users, counts = np.unique(pairs // data.n_items, return_counts=True)
-        rows = np.repeat(np.arange(len(users)), counts)
-        targets = np.full((len(users), max(int(counts.max()) if len(counts) else 1, 1)), -1, np.int32)
-        targets[rows, np.arange(len(pairs)) - np.repeat(np.cumsum(counts) - counts, counts)] = pairs % data.n_items
-        if len(users) > self.val_users:
-            pick = np.sort(np.random.default_rng(child_seed(self.seed, "val_users")).choice(
-                len(users), self.val_users, replace=False))
-            users, targets = users[pick], targets[pick]
-        return {"user": users.astype(np.int32), "targets": targets}
+        return validation_targets(data, self.val_users, child_seed(self.seed, "val_users"))
 
     def _item_features(self):
         if getattr(self, "_features_of", None) is not self.meta:  # built once per data set
