@@ -94,6 +94,52 @@ class TuneConfig:
     retrain_on_full: bool = True  # refit the best on train+validation, then score on test
 
 
+OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a Keras model trains: the arguments every Keras model shares. They sit flat in the
+    model's table (``[models.two_tower] epochs = 12``); each model class states its own defaults
+    over these (``KerasRecommender.train_defaults``), and ``research.models.keras.common`` reads
+    them from here, so a new Keras model declares only its own hyperparameters.
+    """
+
+    epochs: int = 20  # maximum training epochs (early stopping may end sooner)
+    batch_size: int = 8192  # training batch size
+    learning_rate: float = 1e-3  # the optimizer's step size
+    patience: int = 3  # validation epochs without improvement before stopping
+    early_stopping: bool = True  # stop early, keeping the best epoch's weights, when validation is given
+    min_delta: float = 0.0  # smallest change of the monitored value counted as an improvement
+    jit_compile: bool = False  # XLA-compile the train step
+    eval_batch_size: int = 65536  # batch size for validation and batched inference
+    checkpoint_dir: str = ""  # resumable checkpoints ("" = derived from the run's log folder)
+    verbose: int = 0  # Keras' fit verbosity
+    optimizer: str = "adam"  # adam | lazy_adam (sparse rows only) | adagrad | sgd
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError(f"batch_size and eval_batch_size must be >= 1, got {self.batch_size}, "
+                              f"{self.eval_batch_size}")
+        if not self.learning_rate > 0 or self.patience < 0 or self.min_delta < 0:
+            raise ConfigError("learning_rate must be > 0, patience and min_delta >= 0")
+
+    @classmethod
+    def build(cls, values: dict, where: str = "") -> "TrainConfig":
+        """A TrainConfig from plain values, with unknown names and wrong types as ConfigErrors."""
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for k, v in values.items():
+            if k not in hints:
+                raise ConfigError(_unknown("training argument", k, hints, where))
+            kwargs[k] = _coerce(v, hints[k], k, where)
+        return cls(**kwargs)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """One ``[models.NAME]`` table."""

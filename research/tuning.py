@@ -115,13 +115,6 @@ def tuned_spec(cfg: Config) -> ModelSpec:
                       f"({', '.join(m.name for m in cfg.models)}): name the one to tune")
 
 
-def _constructor_params(model_type: str) -> tuple[list[str], bool]:
-    cls = registry.model_class(model_type)
-    sig = inspect.signature(cls.__init__)
-    names = [p for p in sig.parameters if p not in ("self", "seed")]
-    has_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-    return [n for n in names if sig.parameters[n].kind not in (inspect.Parameter.VAR_KEYWORD,
-                                                                inspect.Parameter.VAR_POSITIONAL)], has_kwargs
 
 
 def check_space(spec: ModelSpec, oracle: str = "random") -> dict:
@@ -141,10 +134,10 @@ def check_space(spec: ModelSpec, oracle: str = "random") -> dict:
     if not isinstance(spec.space, dict) or not spec.space:
         raise ConfigError(f"[{key}] is missing or empty: nothing to tune (e.g. "
                           f"user_damping = {{type=\"float\", min=0, max=50}})")
-    valid, has_kwargs = _constructor_params(spec.type)
+    valid = list(registry.model_class(spec.type).param_defaults())
     for name, entry in spec.space.items():
         where = f"{key}.{name}"
-        if name not in valid and not has_kwargs:
+        if name not in valid:
             near = difflib.get_close_matches(name, valid, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else f" (valid: {', '.join(valid)})"
             raise ConfigError(f"{where}: model {spec.type!r} has no parameter {name!r}{hint}")
@@ -281,14 +274,13 @@ def default_values(spec: ModelSpec) -> dict | None:
     """The untuned configuration as a point of the search space: each searched parameter's value
     in the config table, else the constructor's default. None when one of them lies outside its
     range (or choices): then the search cannot try the default as a trial."""
-    cls = registry.model_class(spec.type)
-    sig = inspect.signature(cls.__init__)
+    defaults = registry.model_class(spec.type).param_defaults()
     out = {}
     for name, e in spec.space.items():
         if name in spec.params:
             v = spec.params[name]
-        elif name in sig.parameters and sig.parameters[name].default is not inspect.Parameter.empty:
-            v = sig.parameters[name].default
+        elif defaults.get(name, inspect.Parameter.empty) is not inspect.Parameter.empty:
+            v = defaults[name]
         else:
             return None
         t = e["type"]

@@ -36,6 +36,16 @@ class Recommender:
         self.seed = seed
         self.meta: Meta | None = None
 
+    @classmethod
+    def param_defaults(cls) -> dict:
+        """Constructor argument -> default (``inspect.Parameter.empty`` if it has none), ``seed``
+        left out: what a ``[models.NAME]`` table and a tuning space may set."""
+        import inspect
+
+        sig = inspect.signature(cls.__init__)
+        return {n: p.default for n, p in sig.parameters.items()
+                if n not in ("self", "seed") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+
     # ---- to implement -------------------------------------------------------------------
     def fit(self, train: Interactions, val: Interactions | None = None) -> "Recommender":
         raise NotImplementedError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 
 from research.errors import ConfigError
 
@@ -56,11 +55,9 @@ def model_class(name: str):
 def build(name: str, params: dict, seed: int, where: str = ""):
     """Instantiate model ``name`` with ``params`` (checked against its constructor) and ``seed``."""
     cls = model_class(name)
-    sig = inspect.signature(cls.__init__)
-    valid = [p for p in sig.parameters if p not in ("self", "seed")]
-    has_kwargs = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    valid = list(cls.param_defaults())
     for key in params:
-        if key not in valid and not has_kwargs:
+        if key not in valid:
             near = difflib.get_close_matches(key, valid, n=1)
             hint = f" (did you mean {near[0]!r}?)" if near else f" (valid: {', '.join(valid)})"
             raise ConfigError(f"unknown parameter {key!r} for model {name!r}{where}{hint}")

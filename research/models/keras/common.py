@@ -42,6 +42,7 @@ Logging and checkpoints (only when folders are set):
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -57,6 +58,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from research.data import tfdata
+from research.config import TrainConfig
 from research.data.interactions import Interactions, Meta
 from research.errors import ConfigError
 from research.models.base import Recommender
@@ -131,9 +133,6 @@ class LazyAdam(tf.keras.optimizers.Adam):
         m.scatter_update(tf.IndexedSlices(m_rows, rows))
         v.scatter_update(tf.IndexedSlices(v_rows, rows))
         variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
-
-
-OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
 
 
 # ---- callbacks ----------------------------------------------------------------------------
@@ -251,21 +250,12 @@ def _json_default(o):
 class KerasRecommender(Recommender):
     """Base class of the Keras / TFRS recommenders (see the module docstring for the contract).
 
-    Args:
-        epochs: maximum training epochs.
-        batch_size: training batch size (large batches are much faster on CPU; raise the
-            learning rate with them).
-        learning_rate: Adam's step size.
-        patience: epochs without improvement of ``monitor`` on validation before stopping.
-        early_stopping: stop early (and keep the best epoch's weights) when a validation set is given.
-        min_delta: smallest change of ``monitor`` counted as an improvement.
-        jit_compile: XLA-compile the train step.
-        optimizer: "adam" (Keras Adam: dense moment updates), "lazy_adam" (sparse rows only; much
-            faster on big tables with small batches), "adagrad" or "sgd".
-        eval_batch_size: batch size for validation and batched inference.
-        checkpoint_dir: folder for resumable checkpoints ("" = derived from ``log_dir``, or none).
-        verbose: Keras' fit verbosity (0 silent, 2 one line per epoch).
-        seed: seeds TF, NumPy and Python at fit, and (via a child seed) the data order.
+    The training arguments (``epochs``, ``batch_size``, ``learning_rate``, ``patience``,
+    ``early_stopping``, ``min_delta``, ``jit_compile``, ``eval_batch_size``, ``checkpoint_dir``,
+    ``verbose``, ``optimizer``) are ``research.config.TrainConfig``'s: a subclass takes them as
+    ``**train``, states its own defaults in ``train_defaults``, and reads them as attributes
+    (``self.epochs`` is ``self.train.epochs``). ``seed`` seeds TF, NumPy and Python at fit, and
+    (via a child seed) the data order.
     """
 
     #: validation log watched by early stopping, and its direction
@@ -273,29 +263,12 @@ class KerasRecommender(Recommender):
     monitor_mode: str = "min"
     #: train only on rows with a rating (rating models); ranking models set False
     rated_only: bool = True
+    #: this model's defaults of TrainConfig fields (the rest are TrainConfig's)
+    train_defaults: dict = {}
 
-    def __init__(self, epochs: int = 20, batch_size: int = 8192, learning_rate: float = 1e-3, patience: int = 3,
-                 early_stopping: bool = True, min_delta: float = 0.0, jit_compile: bool = False,
-                 eval_batch_size: int = 65536, checkpoint_dir: str = "", verbose: int = 0, seed: int = 0,
-                 optimizer: str = "adam"):
+    def __init__(self, seed: int = 0, **train):
         super().__init__(seed)
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-        self.optimizer = optimizer
-        if int(epochs) < 1:
-            raise ConfigError(f"epochs must be >= 1, got {epochs}")
-        if int(batch_size) < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.epochs = int(epochs)
-        self.batch_size = int(batch_size)
-        self.learning_rate = float(learning_rate)
-        self.patience = int(patience)
-        self.early_stopping = bool(early_stopping)
-        self.min_delta = float(min_delta)
-        self.jit_compile = bool(jit_compile)
-        self.eval_batch_size = int(eval_batch_size)
-        self.checkpoint_dir = str(checkpoint_dir or "")
-        self.verbose = int(verbose)
+        self.train = TrainConfig.build({**self.train_defaults, **train}, where=type(self).__name__)
         self.model: tf.keras.Model | None = None
         self.fit_state: dict = {}
         #: per-epoch logs of the last fit as plain lists: "epoch" (1-based), "loss", "val_loss", ...
@@ -303,6 +276,12 @@ class KerasRecommender(Recommender):
         self.fit_epochs = 0  # epochs trained in the last fit (including resumed ones)
         self.best_epoch = 0  # 1-based epoch whose weights were kept (0: no early stopping)
         self.fit_seconds = 0.0
+
+    @classmethod
+    def param_defaults(cls) -> dict:
+        """The constructor's own arguments plus the TrainConfig fields, at this model's defaults."""
+        base = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+        return {**super().param_defaults(), **base, **cls.train_defaults}
 
     # ---- hooks ---------------------------------------------------------------------------
     def prepare(self, train: Interactions) -> dict:
@@ -320,7 +299,7 @@ class KerasRecommender(Recommender):
 
     def make_optimizer(self) -> tf.keras.optimizers.Optimizer:
         """The optimizer named by ``self.optimizer`` at ``learning_rate``."""
-        name = getattr(self, "optimizer", "adam")
+        name = self.optimizer
         if name == "lazy_adam":
             return LazyAdam(learning_rate=self.learning_rate)
         if name == "adagrad":
@@ -334,8 +313,9 @@ class KerasRecommender(Recommender):
 
     # ---- config --------------------------------------------------------------------------
     def get_config(self) -> dict:
-        """Constructor arguments (including ``seed``), read back from the instance."""
-        out = {}
+        """Constructor arguments (including ``seed``) and training arguments, read back from the
+        instance."""
+        out = dataclasses.asdict(self.train)
         for cls in type(self).__mro__:
             if cls is Recommender or "__init__" not in cls.__dict__:
                 continue
@@ -571,6 +551,14 @@ class KerasRecommender(Recommender):
         obj.model.set_weights(weights)
         obj.after_fit()
         return obj
+
+
+def _train_attribute(name: str):
+    return property(lambda self: getattr(self.train, name), doc=f"``self.train.{name}`` (TrainConfig)")
+
+
+for _field in dataclasses.fields(TrainConfig):  # self.epochs, self.batch_size, ... read self.train
+    setattr(KerasRecommender, _field.name, _train_attribute(_field.name))
 
 
 def _class_path(klass) -> str:

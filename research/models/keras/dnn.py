@@ -103,16 +103,12 @@ class DNN(KerasRecommender):
     monitor_mode = "min"
     rated_only = True
 
+    train_defaults = {"epochs": 40, "batch_size": 2048, "learning_rate": 0.003}
+
     def __init__(self, dim: int = 32, layers: list = (64, 32), cross_layers: int = 1, dropout: float = 0.1,
-                 l2: float = 5.0, bias_l2: float = 5.0, side_features: list = _FEATURES, feature_dims: dict | None = None,
-                 clip: bool = True, epochs: int = 40, batch_size: int = 2048, learning_rate: float = 3e-3,
-                 patience: int = 3, early_stopping: bool = True, min_delta: float = 0.0, jit_compile: bool = False,
-                 eval_batch_size: int = 65536, checkpoint_dir: str = "", verbose: int = 0, seed: int = 0,
-                 optimizer: str = "adam"):
-        super().__init__(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                         early_stopping=early_stopping, min_delta=min_delta, jit_compile=jit_compile,
-                         eval_batch_size=eval_batch_size, checkpoint_dir=checkpoint_dir, verbose=verbose, seed=seed,
-                         optimizer=optimizer)
+                 l2: float = 5.0, bias_l2: float = 5.0, side_features: list = _FEATURES,
+                 feature_dims: dict | None = None, clip: bool = True, seed: int = 0, **train):
+        super().__init__(seed=seed, **train)
         bad = [f for f in side_features if f not in _FEATURES]
         if bad:
             raise ConfigError(f"unknown dnn feature(s) {bad} (valid: {', '.join(_FEATURES)})")

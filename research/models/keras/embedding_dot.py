@@ -103,16 +103,11 @@ class EmbeddingDot(KerasRecommender):
 
     # defaults chosen on validation RMSE of the MAL head-100k sample (random split, seed 0); see
     # the module docstring for the grid
+    train_defaults = {"epochs": 60, "batch_size": 512, "learning_rate": 0.01, "optimizer": "lazy_adam"}
+
     def __init__(self, dim: int = 32, l2: float = 15.0, bias_l2: float = 5.0, reg: str = "ridge",
-                 init_std: float = 0.01, clip: bool = True, epochs: int = 60, batch_size: int = 512,
-                 learning_rate: float = 0.01,
-                 patience: int = 3, early_stopping: bool = True, min_delta: float = 0.0, jit_compile: bool = False,
-                 eval_batch_size: int = 65536, checkpoint_dir: str = "", verbose: int = 0, seed: int = 0,
-                 optimizer: str = "lazy_adam"):
-        super().__init__(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                         early_stopping=early_stopping, min_delta=min_delta, jit_compile=jit_compile,
-                         eval_batch_size=eval_batch_size, checkpoint_dir=checkpoint_dir, verbose=verbose,
-                         seed=seed, optimizer=optimizer)
+                 init_std: float = 0.01, clip: bool = True, seed: int = 0, **train):
+        super().__init__(seed=seed, **train)
         if int(dim) < 1:
             raise ConfigError(f"dim must be >= 1, got {dim}")
         if l2 < 0 or bias_l2 < 0:

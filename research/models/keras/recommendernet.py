@@ -123,16 +123,12 @@ class RecommenderNet(KerasRecommender):
     monitor_mode = "min"
     rated_only = True
 
-    def __init__(self, dim: int = 128, min_user_rows: int = 400, start_lr: float = 1e-5, max_lr: float = 5e-5,
-                 min_lr: float = 1e-5, rampup_epochs: int = 5, sustain_epochs: int = 0, exp_decay: float = 0.8,
-                 epochs: int = 20, batch_size: int = 10_000, learning_rate: float = 5e-5, patience: int = 3,
-                 early_stopping: bool = True, min_delta: float = 0.0, jit_compile: bool = False,
-                 eval_batch_size: int = 65536, checkpoint_dir: str = "", verbose: int = 0, seed: int = 0,
-                 optimizer: str = "adam"):
-        super().__init__(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                         early_stopping=early_stopping, min_delta=min_delta, jit_compile=jit_compile,
-                         eval_batch_size=eval_batch_size, checkpoint_dir=checkpoint_dir, verbose=verbose, seed=seed,
-                         optimizer=optimizer)
+    train_defaults = {"batch_size": 10000, "learning_rate": 5e-05}
+
+    def __init__(self, dim: int = 128, min_user_rows: int = 400, start_lr: float = 1e-5,
+                 max_lr: float = 5e-5, min_lr: float = 1e-5, rampup_epochs: int = 5, sustain_epochs: int = 0,
+                 exp_decay: float = 0.8, seed: int = 0, **train):
+        super().__init__(seed=seed, **train)
         if int(dim) < 1:
             raise ConfigError(f"dim must be >= 1, got {dim}")
         if int(min_user_rows) < 1:

@@ -142,18 +142,14 @@ class TwoTower(KerasRecommender):
     monitor_mode = "max"
     rated_only = False
 
-    def __init__(self, dim: int = 64, id_dim: int = 32, use_history: bool = True, side_features: list = _FEATURES,
-                 feature_dims: dict | None = None, synopsis_terms: int = 24, synopsis_vocab: int = 5000,
-                 temperature: float = 0.05, sampling_correction: bool = True, rating_weight: float = 0.0,
-                 l2: float = 0.0, val_k: int = 10, val_users: int = 2000, epochs: int = 40, batch_size: int = 1024,
-                 learning_rate: float = 3e-3, patience: int = 4, early_stopping: bool = True, min_delta: float = 0.0,
-                 jit_compile: bool = False, eval_batch_size: int = 4096, checkpoint_dir: str = "",
-                 verbose: int = 0, seed: int = 0,
-                 optimizer: str = "adam"):
-        super().__init__(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, patience=patience,
-                         early_stopping=early_stopping, min_delta=min_delta, jit_compile=jit_compile,
-                         eval_batch_size=eval_batch_size, checkpoint_dir=checkpoint_dir, verbose=verbose, seed=seed,
-                         optimizer=optimizer)
+    train_defaults = {"epochs": 40, "batch_size": 1024, "learning_rate": 0.003, "patience": 4, "eval_batch_size": 4096}
+
+    def __init__(self, dim: int = 64, id_dim: int = 32, use_history: bool = True,
+                 side_features: list = _FEATURES, feature_dims: dict | None = None, synopsis_terms: int = 24,
+                 synopsis_vocab: int = 5000, temperature: float = 0.05, sampling_correction: bool = True,
+                 rating_weight: float = 0.0, l2: float = 0.0, val_k: int = 10, val_users: int = 2000,
+                 seed: int = 0, **train):
+        super().__init__(seed=seed, **train)
         bad = [f for f in side_features if f not in _FEATURES]
         if bad:
             raise ConfigError(f"unknown two_tower feature(s) {bad} (valid: {', '.join(_FEATURES)})")
