@@ -117,7 +117,10 @@ def _pick_model(run_dir: Path, metrics: dict, name: str | None, need: str) -> st
             raise ConfigError(f"run has no model {name!r}" + (f" (did you mean {near[0]!r}?)" if near else
                                                               f" (models: {', '.join(models)})"))
         return name
-    key = "ndcg@10"
+    from research.results import read_json
+
+    k = read_json(run_dir / "config.json").get("eval", {}).get("k", 10)
+    key = f"ndcg@{k}"
     ranked = sorted((m for m in models if key in models[m]), key=lambda m: -models[m][key])
     if need == "rank" and ranked:
         return ranked[0]

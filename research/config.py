@@ -87,8 +87,7 @@ class TuneConfig:
     model: str = ""  # the model table to tune; "" -> the only model in the config
     oracle: str = "random"  # random | bayesian | hyperband
     max_trials: int = 10
-    objective: str = "rmse"  # a harness metric, scored on validation
-    direction: str = "min"  # min | max
+    objective: str = "rmse"  # a harness metric, scored on validation (its direction is the metric's)
     max_epochs: int = 20  # hyperband's resource (epochs) for Keras models
     hyperband_factor: int = 3
     retrain_on_full: bool = True  # refit the best on train+validation, then score on test

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from research.eval.metrics import metric
+
 PNG_META = {"Software": None}  # no version string: the same inputs give the same bytes
 
 
@@ -67,7 +69,7 @@ def leaderboard(exp, cells: dict, out: Path, metrics=("ndcg@{k}", "rmse")) -> Pa
         y = np.arange(len(rows))[::-1]
         ax.barh(y, means, xerr=stds, color=colors, capsize=3)
         ax.set_yticks(y, [n + (f" {MARK}" if c.significant else "") for n, c in rows])
-        lower = m in ("rmse", "mae")
+        lower = not metric(m).higher_is_better
         ax.set_xlabel(f"{m} ({'lower' if lower else 'higher'} is better)")
         if lower:
             lo = float(np.min(means - stds))

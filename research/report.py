@@ -39,15 +39,17 @@ from pathlib import Path
 
 import numpy as np
 
+from research.eval.metrics import METRICS
+
 # Column order of every table; a column appears when at least one model has it.
 COLUMNS = ("rmse", "mae", "precision@{k}", "recall@{k}", "ndcg@{k}", "map@{k}", "hit_rate@{k}",
            "coverage@{k}", "novelty@{k}", "wcss", "silhouette", "n_clusters", "fit_seconds")
-LOWER_IS_BETTER = {"rmse", "mae", "wcss", "fit_seconds"}
+LOWER_IS_BETTER = {m.name for m in METRICS.values() if not m.higher_is_better}
 #: Quality metrics: the best model is bolded and the others tested against it.
-QUALITY = ("rmse", "mae", "precision@{k}", "recall@{k}", "ndcg@{k}", "map@{k}", "hit_rate@{k}")
+QUALITY = tuple(m.name + ("@{k}" if m.at_k else "") for m in METRICS.values() if m.quality)
 #: Summary metric -> its per-user column in per_user.csv.
-PER_USER = {"precision@{k}": "precision@{k}", "recall@{k}": "recall@{k}", "ndcg@{k}": "ndcg@{k}",
-            "map@{k}": "ap@{k}", "hit_rate@{k}": "hit@{k}"}
+PER_USER = {m.name + "@{k}": m.per_user_column + "@{k}" for m in METRICS.values()
+            if m.quality and m.per_user_column}
 ALPHA = 0.05
 MARK = "†"
 MIN_SEEDS_PER_SEED_TEST = 6  # two-sided exact Wilcoxon: smallest p is 2/2^n, < 0.05 from n = 6
@@ -325,7 +327,7 @@ def aggregate(exp: Experiment) -> tuple[list[str], dict, dict]:
             continue
         # the best by the unrounded mean; ties broken by config order
         raw = {n: float(np.mean(_finite(values[n][c]))) for n in have}
-        sign = 1.0 if c in LOWER_IS_BETTER else -1.0
+        sign = 1.0 if c.split("@")[0] in LOWER_IS_BETTER else -1.0
         best = min(have, key=lambda n: (sign * raw[n], names.index(n)))
         cells[(best, c)].best = True
         others = [n for n in have if n != best]

@@ -91,10 +91,6 @@ SPACE_TYPES = {"int": {"min", "max", "step", "sampling", "default"},
                "float": {"min", "max", "step", "sampling", "default"},
                "choice": {"values", "default"},
                "boolean": {"default"}}
-# Harness metrics and the direction in which they improve.
-_RATING_METRICS = {"rmse": "min", "mae": "min"}
-_RANKING_METRICS = {"precision": "max", "recall": "max", "ndcg": "max", "map": "max", "hit_rate": "max",
-                    "coverage": "max", "novelty": "max"}
 _TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
 
 
@@ -183,13 +179,11 @@ def check_space(spec: ModelSpec, oracle: str = "random") -> dict:
 
 def check_objective(cfg: Config, spec: ModelSpec) -> tuple[str, str]:
     """The (objective, direction) of the search, checked against what the harness measures for
-    this model. A direction opposite to the metric's is an error (minimising ndcg is a typo)."""
-    obj, direction = cfg.tune.objective, cfg.tune.direction
-    if direction not in ("min", "max"):
-        raise ConfigError(f"tune.direction: expected \"min\" or \"max\", got {direction!r}")
-    k = cfg.eval.k
-    valid = dict(_RATING_METRICS)
-    valid.update({f"{m}@{k}": d for m, d in _RANKING_METRICS.items()})
+    this model. The direction is the metric's own (``research.eval.metrics.METRICS``)."""
+    from research.eval import metrics as M
+
+    obj, k = cfg.tune.objective, cfg.eval.k
+    valid = M.harness_keys(k)
     if obj not in valid:
         import difflib
 
@@ -197,15 +191,13 @@ def check_objective(cfg: Config, spec: ModelSpec) -> tuple[str, str]:
         raise ConfigError(f"tune.objective: {obj!r} is not a harness metric"
                           + (f" (did you mean {near[0]!r}?)" if near else f" (valid: {', '.join(valid)})"))
     cls = registry.model_class(spec.type)
-    if obj in _RATING_METRICS and not getattr(cls, "predicts_ratings", False):
+    rating = M.metric(obj).unit == "rating"
+    if rating and not getattr(cls, "predicts_ratings", False):
         raise ConfigError(f"tune.objective = {obj!r}, but model {spec.name!r} does not predict ratings "
-                          f"(tune a ranking metric, e.g. ndcg@{k}, with direction \"max\")")
-    if obj not in _RATING_METRICS and not getattr(cls, "ranks", True):
+                          f"(tune a ranking metric, e.g. ndcg@{k})")
+    if not rating and not getattr(cls, "ranks", True):
         raise ConfigError(f"tune.objective = {obj!r}, but model {spec.name!r} does not rank items")
-    if valid[obj] != direction:
-        raise ConfigError(f"tune.direction = {direction!r} for {obj}, which is better when "
-                          f"{'lower' if valid[obj] == 'min' else 'higher'}: set tune.direction = \"{valid[obj]}\"")
-    return obj, direction
+    return obj, M.direction(obj)
 
 
 def tuning_dir(cfg: Config, seed: int) -> Path:
@@ -458,7 +450,7 @@ def _tuner_class():
                 # rating objectives skip the ranking pass (scoring every user x every anime),
                 # which dominated rmse-tuned dnn trials
                 res = ctx.evaluate(model, split, part="val",
-                                   ranking=ctx.objective not in _RATING_METRICS)
+                                   ranking=ctx.objective not in ("rmse", "mae"))
                 metrics = {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
                 value = metrics.get(ctx.objective)
                 if value is None or not math.isfinite(float(value)):
@@ -528,7 +520,9 @@ class _Context:
     @property
     def metric_names(self) -> list[str]:
         k = self.cfg.eval.k
-        return [*_RATING_METRICS, *(f"{m}@{k}" for m in _RANKING_METRICS)]
+        from research.eval.metrics import harness_keys
+
+        return harness_keys(self.cfg.eval.k)
 
     def evaluate(self, model, split, part: str, ranking: bool = True):
         from research.eval.harness import evaluate

@@ -247,17 +247,18 @@ def test_hyperband_needs_epochs(tmp_path):
 def test_objective_checks(tmp_path):
     from research.tuning import check_objective, tuned_spec
 
-    cfg = _cfg(tmp_path, 'objective = "ndcg@10"')  # direction defaults to "min"
-    with pytest.raises(ConfigError, match='set tune.direction = "max"'):
-        check_objective(cfg, tuned_spec(cfg))
+    with pytest.raises(ConfigError, match="unknown key 'tune.direction'"):
+        _cfg(tmp_path, 'objective = "ndcg@10"\ndirection = "max"')  # the metric's own, not a key
     cfg = _cfg(tmp_path, 'objective = "rmse"', models='[models.popularity.space]\n')
     with pytest.raises(ConfigError, match="does not predict ratings"):
         check_objective(cfg, tuned_spec(cfg))
-    cfg = _cfg(tmp_path, 'objective = "ndgc@10"\ndirection = "max"')
+    cfg = _cfg(tmp_path, 'objective = "ndgc@10"')
     with pytest.raises(ConfigError, match="did you mean 'ndcg@10'"):
         check_objective(cfg, tuned_spec(cfg))
-    cfg = _cfg(tmp_path, 'objective = "ndcg@10"\ndirection = "max"')
+    cfg = _cfg(tmp_path, 'objective = "ndcg@10"')
     assert check_objective(cfg, tuned_spec(cfg)) == ("ndcg@10", "max")
+    cfg = _cfg(tmp_path, 'objective = "mae"', models='[models.bias.space]\n')
+    assert check_objective(cfg, tuned_spec(cfg)) == ("mae", "min")
 
 
 def test_which_model_is_tuned(tmp_path):

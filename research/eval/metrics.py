@@ -5,7 +5,63 @@ coincide. Rank j is 0-based in code and 1-based in the formulas.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What the code knows about one harness metric. ``name`` carries no cut-off; ranking metrics
+    appear as ``name@k`` in summaries."""
+
+    name: str
+    higher_is_better: bool
+    #: "user" (a per-user value, averaged), "rating" (over rated target rows), "run" (one value)
+    unit: str
+    #: column of per_user.csv holding its per-user values ("" = none)
+    per_user_column: str = ""
+    #: the ranking cut-off applies (summary key ``name@k``)
+    at_k: bool = False
+    #: a measure of quality (bolded and tested in tables), not a description like coverage
+    quality: bool = True
+
+
+#: Every metric the harness and the models report: the one place that says which way is better.
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("rmse", False, "rating"),
+    Metric("mae", False, "rating"),
+    Metric("precision", True, "user", "precision", at_k=True),
+    Metric("recall", True, "user", "recall", at_k=True),
+    Metric("ndcg", True, "user", "ndcg", at_k=True),
+    Metric("map", True, "user", "ap", at_k=True),
+    Metric("hit_rate", True, "user", "hit", at_k=True),
+    Metric("coverage", True, "run", at_k=True, quality=False),
+    Metric("novelty", True, "user", "novelty", at_k=True, quality=False),
+    Metric("wcss", False, "run", quality=False),
+    Metric("silhouette", True, "run", quality=False),
+    Metric("fit_seconds", False, "run", quality=False),
+)}
+
+
+def metric(key: str) -> Metric:
+    """The ``Metric`` of a summary key (``"ndcg@10"`` -> ndcg); KeyError if unknown."""
+    base, _, k = key.partition("@")
+    m = METRICS[base]
+    if bool(k) != m.at_k:
+        raise KeyError(key)
+    return m
+
+
+def direction(key: str) -> str:
+    """"max" or "min": how ``key`` improves (keras-tuner's and early stopping's words)."""
+    return "max" if metric(key).higher_is_better else "min"
+
+
+def harness_keys(k: int) -> list[str]:
+    """The summary keys the harness can report at cut-off ``k`` (rating metrics first)."""
+    return [m.name + (f"@{k}" if m.at_k else "") for m in METRICS.values()
+            if m.unit in ("rating", "user") or m.name == "coverage"]
 
 
 def rmse(y_true, y_pred) -> float:
