@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -275,6 +276,18 @@ def _build(cls, raw: dict, prefix: str, origin: str):
     return cls(**kwargs)
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_name(what: str, name: str, where: str) -> str:
+    """``name`` if it is a plain file name (it becomes a folder under results/): letters, digits,
+    ``_.-``, and not ``.`` or ``..``; else a ConfigError naming the key."""
+    if not isinstance(name, str) or not _PLAIN.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{what} in {where or 'config'}: {name!r} is not a plain name "
+                          f"(letters, digits, '_', '.', '-'; it names a folder under results/)")
+    return name
+
+
 def from_dict(raw: dict, source: str = "", origin: dict | None = None) -> Config:
     """Build a Config from a raw dict, rejecting unknown keys and wrong types."""
     origin = origin or {}
@@ -290,6 +303,7 @@ def from_dict(raw: dict, source: str = "", origin: dict | None = None) -> Config
         elif key == "models":
             specs = []
             for name, table in value.items():
+                check_name(f"models.{name}", name, where)
                 if not isinstance(table, dict):
                     raise ConfigError(f"models.{name} in {where}: expected a table")
                 table = dict(table)
@@ -302,6 +316,8 @@ def from_dict(raw: dict, source: str = "", origin: dict | None = None) -> Config
         else:
             typ = typing.get_type_hints(Config)[key]
             kwargs[key] = _coerce(value, typ, key, where)
+    if "experiment" in kwargs:
+        check_name("experiment", kwargs["experiment"], origin.get("experiment", source))
     return Config(**kwargs)
 
 

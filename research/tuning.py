@@ -63,7 +63,7 @@ Decisions (and why):
   popularity) refitted the same way. When the tuned model is itself a baseline (``bias``), its
   baseline row is the default. This writes
   ``metrics.json`` (models ``NAME`` and ``NAME_tuned``), ``table.md``, and the refitted models with
-  ``meta.pkl``/``seen.npz`` so the folder works with ``animerec recommend --run``.
+  ``meta/``/``seen.npz`` (``research.results.RunFolder``, as the runner writes them) so the folder works with ``animerec recommend --run``.
 """
 from __future__ import annotations
 
@@ -681,6 +681,9 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     if oracle_name not in ORACLES:
         raise ConfigError(f"tune.oracle: expected one of {', '.join(ORACLES)}, got {oracle_name!r}")
     check_space(spec, oracle_name)
+    if spec.params.get("use_validation") or "use_validation" in spec.space:
+        raise ConfigError(f"models.{spec.name}.use_validation: a trial would fit on the validation part it "
+                          f"is scored on; leave it false (the final refit uses train + validation anyway)")
     objective, direction = check_objective(cfg, spec)
     seed = int(cfg.seeds[0]) if cfg.seeds else 0
     model_seed = child_seed(seed, spec.name)
@@ -697,9 +700,7 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     out = tuning_dir(cfg, seed)
     _check_data(out, split, quiet)
     out.mkdir(parents=True, exist_ok=True)
-    R.write_json(out / "status.json", {"status": "running", "started": time.time()})
-    R.write_json(out / "config.json", {**cfg.to_dict(), "seed": seed})
-    R.write_json(out / "env.json", R.environment(seed))
+    R.RunFolder(out, cfg.results_path).start({**cfg.to_dict(), "seed": seed}, seed, dataset.manifest)
 
     meta = {"experiment": cfg.experiment, "dataset": dataset.name, "split": split.name, "seed": seed,
             "data_fingerprint": data_fingerprint(split),
@@ -777,11 +778,6 @@ def _refit_params(typ: str, params: dict, val_metrics: dict) -> dict:
 def _refit(ctx: _Context, dataset, split, summary: dict, quiet: bool = False) -> None:
     """Score the untuned default on validation (for tuning.json), then refit default, tuned and
     baselines on train + validation, score them on test, and write metrics.json and the table."""
-    import pickle
-
-    import pandas as pd
-
-    from research.experiment import save_seen
     from research.report import markdown_table
 
     cfg, spec, out = ctx.cfg, ctx.spec, ctx.out
@@ -812,12 +808,10 @@ def _refit(ctx: _Context, dataset, split, summary: dict, quiet: bool = False) ->
     tuned_params = _refit_params(spec.type, best["params"], best_metrics)
     rows.append((f"{spec.name}_tuned", spec.type, tuned_params, ctx.model_seed))
 
-    with open(out / "meta.pkl.tmp", "wb") as fh:
-        pickle.dump(dataset.meta, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    (out / "meta.pkl.tmp").replace(out / "meta.pkl")
-    save_seen(out, train_val)
-
-    metrics = {"experiment": cfg.experiment, "dataset": dataset.name, "split": split.name, "seed": ctx.seed,
+    folder = R.RunFolder(out, cfg.results_path)  # the runner's writer: the same files, per_rating too
+    folder.write_meta(dataset.meta)
+    folder.write_seen(train_val)
+    folder.metrics = {"experiment": cfg.experiment, "dataset": dataset.name, "split": split.name, "seed": ctx.seed,
                "rows": {"train": len(train_val), "val": 0, "test": len(split.test)},
                "fitted_on": "train+validation", "scored_on": "test",
                "tuned": {"model": spec.name, "trial_id": best["trial_id"], "hyperparameters": best["hyperparameters"],
@@ -825,23 +819,18 @@ def _refit(ctx: _Context, dataset, split, summary: dict, quiet: bool = False) ->
                          "default_val_value": summary["default"]["objective"],
                          "refit_params": tuned_params, "default_refit_params": default_params},
                "models": {}}
-    per_user = []
     run_cfg = cfg.to_dict()
     run_cfg["models"] = {name: {"type": typ, **params} for name, typ, params, _ in rows}
-    R.write_json(out / "config.json", {**run_cfg, "seed": ctx.seed, "tuned_from": cfg.to_dict()["models"]})
+    R.write_json(folder.file("config.json"), {**run_cfg, "seed": ctx.seed, "tuned_from": cfg.to_dict()["models"]})
     for name, typ, params, mseed in rows:
         if not quiet:
             print(f"[animerec] refit on train+validation: {name} ...", file=sys.stderr, flush=True)
         model, res, m = _fit_score(ctx, typ, params, mseed, train_val, None, split, "test", f"refit_{name}")
-        metrics["models"][name] = m
-        model.save(out / "models" / name)
-        per_user.append(res.per_user.assign(model=name))
+        folder.add_model(name, m, model, res)
         del model
         _release_memory()
-        R.write_json(out / "metrics.json", metrics)
-    R.atomic_write_text(out / "per_user.csv", pd.concat(per_user, ignore_index=True).to_csv(index=False))
-    table = markdown_table([metrics["models"]], cfg.eval.k)
-    R.atomic_write_text(out / "table.md", table)
+    table = markdown_table([folder.metrics["models"]], cfg.eval.k)
+    folder.finish(table)
     if not quiet:
         hp = ", ".join(f"{k}={_short(v)}" for k, v in best["hyperparameters"].items())
         dv = summary["default"]["objective"]

@@ -56,3 +56,22 @@ def test_shipped_configs_load():
     for p in sorted((Path(__file__).parent.parent / "experiments" / "configs").glob("*.toml")):
         cfg = config.load(p)
         assert cfg.experiment, p
+
+
+@pytest.mark.parametrize("key,value", [("experiment", "../../x"), ("experiment", "/tmp/x"), ("experiment", ".."),
+                                       ("experiment", "a/b"), ("model", "../../../../x"), ("model", ".")])
+def test_names_that_would_escape_results_are_refused(tmp_path, key, value):
+    text = (f'experiment = "{value}"\n' if key == "experiment" else 'experiment = "ok"\n'
+            f'[models."{value}"]\ntype = "popularity"\n')
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match="not a plain name"):
+        config.load(p)
+
+
+def test_run_folder_refuses_paths_outside_results(tmp_path):
+    from research.results import RunFolder
+
+    with pytest.raises(ConfigError, match="outside the results folder"):
+        RunFolder(tmp_path / "results" / "runs" / ".." / ".." / "elsewhere", tmp_path / "results")
+    RunFolder(tmp_path / "results" / "runs" / "exp" / "run", tmp_path / "results")  # inside: fine

@@ -45,7 +45,7 @@ def test_run_folder_contents_and_reload(tmp_path):
     cfg = _cfg(tmp_path)
     d = run_seed(cfg, _dataset(), 0, quiet=True)
     for name in ("config.json", "env.json", "metrics.json", "per_user.csv", "per_rating.parquet", "table.md",
-                 "status.json", "meta.pkl", "seen.npz"):
+                 "status.json", "meta/ids.npz", "meta/meta.json", "seen.npz"):
         assert (d / name).is_file(), name
     m = json.loads((d / "metrics.json").read_text())
     assert set(m) >= {"experiment", "dataset", "split", "seed", "models"}
@@ -94,3 +94,21 @@ def test_resume_after_crash(tmp_path, monkeypatch):
     assert m["models"]["crashing"]["rmse"] == pytest.approx(m["models"]["bias"]["rmse"])
     assert json.loads((d / "status.json").read_text())["status"] == "finished"
     assert not list(d.glob(".*.tmp")) and not list(d.glob("*.tmp"))
+
+
+def test_meta_round_trips_without_pickle(tmp_path):
+    """The run's vocabularies and anime table (lists of genres, NaN episodes, names) come back
+    equal from meta/ — JSON, npz without pickle, parquet."""
+    from research.results import RunFolder
+    from test_model_contract import tiny_dataset
+
+    meta = tiny_dataset().meta
+    folder = RunFolder(tmp_path / "runs" / "x" / "r", tmp_path)
+    folder.open()
+    folder.write_meta(meta)
+    back = folder.read_meta()
+    assert not list((tmp_path).rglob("*.pkl"))
+    np.testing.assert_array_equal(back.users.values, meta.users.values)
+    np.testing.assert_array_equal(back.items.values, meta.items.values)
+    assert back.item_names(np.arange(5)) == meta.item_names(np.arange(5))
+    pd.testing.assert_frame_equal(back.item_table, meta.item_table)
