@@ -164,7 +164,7 @@ def cmd_recommend(args) -> int:
     run_dir = _resolve_run(args.run)
     meta, metrics, _ = load_run(run_dir)
     name = _pick_model(run_dir, metrics, args.model, "rank")
-    model = load_model(run_dir, name, meta)
+    model = load_model(run_dir, name, meta, allow_pickle=args.allow_pickle)
     u = _user_index(meta, args.user)
     for line in explain_recommendations(run_dir, model, meta, u, args.k):
         print(line)
@@ -179,7 +179,7 @@ def cmd_similar(args, what: str) -> int:
     run_dir = _resolve_run(args.run)
     meta, metrics, _ = load_run(run_dir)
     name = _pick_model(run_dir, metrics, args.model, what)
-    model = load_model(run_dir, name, meta)
+    model = load_model(run_dir, name, meta, allow_pickle=args.allow_pickle)
     try:
         if what == "items":
             q = _item_index(meta, args.anime)
@@ -270,6 +270,9 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--user", required=True, help="MAL user id")
         sp.add_argument("-k", type=int, default=10)
         sp.add_argument("--model", help="which model of the run (default: the best one that can answer)")
+        sp.add_argument("--allow-pickle", action="store_true",
+                        help="let a Surprise peer model load from its pickle (unpickling runs code: "
+                             "only for run folders you made or trust); nothing else is ever unpickled")
         sp.set_defaults(func=cmd_recommend if what == "rank" else
                         (lambda a, w=what: cmd_similar(a, w)))
     return p
