@@ -20,11 +20,15 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from research.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+#: data.source values: the synthetic generator, the real sources' adapters, and prepared parquet
+DATA_SOURCES = ("synth", "mal2020", "cooperunion2017", "generic", "processed")
 
 
 @dataclass(frozen=True)
@@ -44,12 +48,12 @@ class SynthConfig:
 class DataConfig:
     """Where the raw data are and how to read them."""
 
-    source: str = "synth"  # mal2020 | cooperunion2017 | generic | synth
+    source: Literal[DATA_SOURCES] = "synth"  # see DATA_SOURCES
     path: str = ""  # raw folder; "" -> $ANIMEREC_DATA/<source> -> data/raw/<source>
     ratings: str = ""  # ratings file in the folder ("" -> the source's default)
     catalogue: str = ""  # anime catalogue file ("" -> the source's default, if present)
     synopsis: str = ""  # synopsis file ("" -> the source's default, if present)
-    unrated: str = "drop"  # score 0 / -1 rows: "drop" (counted), "keep" (watched, no rating), "zero" (0/10, the study)
+    unrated: Literal["drop", "keep", "zero"] = "drop"  # score 0 / -1 rows: "drop" (counted), "keep" (watched, no rating), "zero" (0/10, the study)
     max_rows: int = 0  # read at most this many rating rows (0 = all)
     min_user_ratings: int = 0  # drop users with fewer rated rows (counted in the manifest)
     fallback_to_synth: bool = True  # with no real data found, run on the synthetic generator
@@ -65,11 +69,15 @@ class DataConfig:
 class SplitConfig:
     """How interactions are split into train, validation and test."""
 
-    kind: str = "random"  # random | user_holdout | leave_k_out | cold_start
+    kind: Literal["random", "user_holdout", "leave_k_out", "cold_start"] = "random"
     test_fraction: float = 0.2  # random / user_holdout / cold_start: share held out for test
     test_rows: int = 0  # random only: hold out exactly this many rows instead (the study: 10,000)
     val_fraction: float = 0.1  # share of the remaining train held back for validation
     k: int = 1  # leave_k_out: items per user held out for test (and for validation)
+    #: what models are fitted on: "train" (validation for early stopping only) or "train+val"
+    #: (validation folded into training, no early stopping: Keras models train ``epochs`` epochs,
+    #: e.g. the epoch a tuning run's early stopping kept — the tuner's final refit protocol)
+    fit_on: Literal["train", "train+val"] = "train"
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,7 @@ class TuneConfig:
     """keras-tuner search (``animerec tune``)."""
 
     model: str = ""  # the model table to tune; "" -> the only model in the config
-    oracle: str = "random"  # random | bayesian | hyperband
+    oracle: Literal["random", "bayesian", "hyperband"] = "random"
     max_trials: int = 10
     objective: str = "rmse"  # a harness metric, scored on validation (its direction is the metric's)
     max_epochs: int = 20  # hyperband's resource (epochs) for Keras models
@@ -94,7 +102,6 @@ class TuneConfig:
     retrain_on_full: bool = True  # refit the best on train+validation, then score on test
 
 
-OPTIMIZERS = ("adam", "lazy_adam", "adagrad", "sgd")
 
 
 @dataclass(frozen=True)
@@ -115,11 +122,9 @@ class TrainConfig:
     eval_batch_size: int = 65536  # batch size for validation and batched inference
     checkpoint_dir: str = ""  # resumable checkpoints ("" = derived from the run's log folder)
     verbose: int = 0  # Keras' fit verbosity
-    optimizer: str = "adam"  # adam | lazy_adam (sparse rows only) | adagrad | sgd
+    optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "adam"  # adam | lazy_adam (sparse rows only) | adagrad | sgd
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
@@ -251,6 +256,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 
 def _coerce(value: Any, typ: Any, key: str, source: str) -> Any:
+    if typing.get_origin(typ) is Literal:  # a choice: checked when the config loads
+        choices = typing.get_args(typ)
+        if value in choices:
+            return value
+        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(f"{key} in {source or 'config'}: {value!r} is not one of "
+                          f"{', '.join(map(repr, choices))}{hint}")
     if typ is tuple:
         if isinstance(value, int) and not isinstance(value, bool):
             return (value,)

@@ -78,7 +78,10 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
         if not quiet:
             print(f"[animerec] seed {seed}: fitting {spec.name} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        model.fit(split.train, split.val)
+        if cfg.split.fit_on == "train+val":
+            model.fit(split.train_val(), None)
+        else:
+            model.fit(split.train, split.val)
         fit_seconds = time.perf_counter() - t0
         res = evaluate(model, split, k=cfg.eval.k, batch_users=cfg.eval.batch_users,
                        relevance_threshold=cfg.eval.relevance_threshold)

@@ -75,3 +75,14 @@ def test_run_folder_refuses_paths_outside_results(tmp_path):
     with pytest.raises(ConfigError, match="outside the results folder"):
         RunFolder(tmp_path / "results" / "runs" / ".." / ".." / "elsewhere", tmp_path / "results")
     RunFolder(tmp_path / "results" / "runs" / "exp" / "run", tmp_path / "results")  # inside: fine
+
+
+@pytest.mark.parametrize("key,value,hint", [("data.unrated", '"kep"', "did you mean 'keep'"),
+                                            ("split.kind", '"randm"', "did you mean 'random'"),
+                                            ("data.source", '"mal2021"', "did you mean 'mal2020'"),
+                                            ("split.fit_on", '"val"', "not one of")])
+def test_choices_are_checked_when_the_config_loads(tmp_path, key, value, hint):
+    """A typo in a choice fails at load, before any data is read, naming the key."""
+    p = _write(tmp_path, "c.toml", 'experiment = "x"\n')
+    with pytest.raises(ConfigError, match=f"{key}.*{hint}"):
+        config.load(p, [f"{key}={value}"])

@@ -93,7 +93,7 @@ def test_mal2020_animelist_sample(shared_data):
 def test_cooperunion_sample(shared_data):
     raw = shared_data / "cooperunion2017"
     ref = pd.read_csv(raw / "rating_tail97k.csv", header=None, names=["u", "i", "r"])
-    frame, table, m = sources.load("cooperunion2017", raw, DataConfig(unrated="keep"))
+    frame, table, m = sources.load("cooperunion2017", raw, DataConfig(unrated="keep", ratings="rating_tail97k.csv"))
     check_balance(m)
     f = m["files"]["rating_tail97k.csv"]
     assert f["format"]["header"] is False and f["rows_read"] == len(ref) == 97_470

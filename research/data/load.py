@@ -16,11 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from research.config import REPO_ROOT, Config
+from research.config import DATA_SOURCES, REPO_ROOT, Config
 from research.data.interactions import Dataset, build_dataset
 from research.errors import ConfigError
 
-REAL_SOURCES = ("mal2020", "cooperunion2017", "generic", "processed")
+REAL_SOURCES = tuple(s for s in DATA_SOURCES if s != "synth")
 
 
 def find_raw(source: str, path: str = "") -> Path | None:
@@ -65,12 +65,7 @@ def load_dataset(cfg: Config, quiet: bool = False) -> Dataset:
     """Load the data set of ``cfg`` (see the module docstring for where it is looked for)."""
     from research.data import sources
 
-    source = cfg.data.source
-    if source not in REAL_SOURCES + ("synth",):
-        import difflib
-
-        near = difflib.get_close_matches(source, REAL_SOURCES + ("synth",), n=1)
-        raise ConfigError(f"unknown data.source {source!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    source = cfg.data.source  # one of DATA_SOURCES: checked when the config loaded
     if source == "synth":
         raw, adapter, name = ensure_synth(cfg), "mal2020", "synth"
     else:
