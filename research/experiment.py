@@ -1,7 +1,7 @@
 """``animerec run``: load the data once, split it per seed, fit and evaluate every model of the
 config through the one harness, and write a run folder per seed (see ``research.results``).
 
-The split uses the top-level seed itself (seed 0 is the DESIGN's reference split); each model
+The split uses the top-level seed itself (seed 0 is the reference split); each model
 gets a child seed derived from (seed, model name), so adding a model never changes the others.
 A run folder's id is ``<config hash>-seed<seed>``: running the same config again resumes an
 unfinished run (models already measured are kept, Keras models resume from their checkpoints)

@@ -40,7 +40,7 @@ def random_split(data: Interactions, test_fraction: float = 0.2, val_fraction: f
                  seed: int = 0, test_rows: int = 0) -> Split:
     """Rows at random: ``test_fraction`` to test, then ``val_fraction`` of the rest to validation.
 
-    The DESIGN's default protocol (80/20 with 10% of train for validation). A user may end up with
+    The reference protocol (docs/ARCHITECTURE.md) (80/20 with 10% of train for validation). A user may end up with
     no test row (counted by the harness) or no train row (a cold user in test). ``test_rows > 0``
     holds out exactly that many rows instead of a fraction (the study's 10,000-row holdout).
     """
