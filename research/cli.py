@@ -135,14 +135,19 @@ def _pick_model(run_dir: Path, metrics: dict, name: str | None, need: str) -> st
 def _user_index(meta, user: str) -> int:
     try:
         return int(meta.users.index(int(user)))
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):
         raise ConfigError(f"unknown user {user!r} (user ids are MyAnimeList user_id values, "
                           f"e.g. {meta.users.values[0]})") from None
 
 
 def _item_index(meta, anime: str) -> int:
+    if not anime.strip():
+        raise ConfigError("--anime is empty: give a MyAnimeList anime id or (part of) a name")
     if anime.strip().lstrip("-").isdigit():
-        idx = meta.items.index(int(anime), missing="mask")
+        try:
+            idx = meta.items.index(int(anime), missing="mask")
+        except OverflowError:
+            idx = -1
         if idx >= 0:
             return int(idx)
     names = meta.item_table["name"] if meta.item_table is not None and "name" in meta.item_table else None
@@ -268,7 +273,7 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--anime", required=True, help="MAL anime id or (part of) its name")
         else:
             sp.add_argument("--user", required=True, help="MAL user id")
-        sp.add_argument("-k", type=int, default=10)
+        sp.add_argument("-k", type=_positive_int, default=10)
         sp.add_argument("--model", help="which model of the run (default: the best one that can answer)")
         sp.add_argument("--allow-pickle", action="store_true",
                         help="let a Surprise peer model load from its pickle (unpickling runs code: "
@@ -278,12 +283,26 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except AnimeRecError as exc:
         print(f"animerec: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # unreadable input, unwritable or full output folder: the user's to fix
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"animerec: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("animerec: interrupted", file=sys.stderr)

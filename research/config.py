@@ -216,6 +216,8 @@ def _read_toml(path: Path, seen: tuple = ()) -> tuple[dict, dict]:
     base = raw.pop("base", None)
     if base is None:
         return raw, origin
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected a file name, got {base!r}")
     merged, base_origin = _read_toml((path.parent / base), seen + (path,))
     base_origin.update(origin)
     return _merge(merged, raw), base_origin
@@ -314,6 +316,8 @@ def from_dict(raw: dict, source: str = "", origin: dict | None = None) -> Config
                 raise ConfigError(f"[{key}] in {where}: expected a table")
             kwargs[key] = _build(_SECTIONS[key], value, f"{key}.", where)
         elif key == "models":
+            if not isinstance(value, dict):
+                raise ConfigError(f"models in {where}: expected [models.NAME] tables, got {value!r}")
             specs = []
             for name, table in value.items():
                 check_name(f"models.{name}", name, where)
@@ -331,6 +335,14 @@ def from_dict(raw: dict, source: str = "", origin: dict | None = None) -> Config
             kwargs[key] = _coerce(value, typ, key, where)
     if "experiment" in kwargs:
         check_name("experiment", kwargs["experiment"], origin.get("experiment", source))
+    where = origin.get("seeds", source) or "config"
+    seeds = kwargs.get("seeds", (0,))
+    if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in seeds):
+        raise ConfigError(f"seeds in {where}: expected a non-empty list of whole numbers >= 0, got {list(seeds)!r}")
+    ev = kwargs.get("eval")
+    if ev is not None and (ev.k < 1 or ev.batch_users < 1):
+        raise ConfigError(f"eval.k and eval.batch_users in {origin.get('eval', source) or 'config'} must be "
+                          f">= 1, got {ev.k} and {ev.batch_users}")
     return Config(**kwargs)
 
 

@@ -96,3 +96,32 @@ def test_recommend_similar_commands(sample_run):
     _assert_clean_error(animerec("recommend", "--run", sample_run, "--user", "99999999"), "99999999")
     _assert_clean_error(animerec("similar-anime", "--run", sample_run, "--anime", "1", "--model", "item_knm"),
                         "item_knn")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('seeds = [0, "x"]', "seeds"), ("seeds = [-1]", "seeds"), ("seeds = []", "seeds"),
+    ("seeds = [0.5]", "seeds"), ("[eval]\nk = 0", "eval.k"), ("[eval]\nbatch_users = 0", "eval.k"),
+    ("base = 5", "base"), ("models = 1", "models"),
+])
+def test_bad_config_values_exit_2_before_any_work(tmp_path, text, needle):
+    """Issue 13.4: each of these once printed a traceback, ran nothing, or ran seed 0."""
+    p = tmp_path / "c.toml"
+    p.write_text(f'experiment = "x"\nresults_dir = "{tmp_path}"\n{text}\n[models.popularity]\n'
+                 if "models =" not in text else f'experiment = "x"\n{text}\n')
+    _assert_clean_error(animerec("run", p), needle)
+
+
+def test_unwritable_results_dir_is_a_clean_error(tmp_path):
+    """An OSError (here: results_dir is a file, so no folder can be made under it) is one line."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    p = tmp_path / "c.toml"
+    p.write_text(f'experiment = "x"\nresults_dir = "{blocker}"\n[data]\nsource = "synth"\n'
+                 f'[synth]\nusers = 30\nitems = 20\n[models.popularity]\n')
+    _assert_clean_error(animerec("run", p))
+
+
+@pytest.mark.parametrize("args,needle", [(["-k", "-5"], "must be >= 1"), (["-k", "x"], "whole number")])
+def test_bad_k_is_refused(args, needle):
+    p = animerec("recommend", "--run", "nowhere", "--user", "1", *args)
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
