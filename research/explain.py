@@ -24,12 +24,19 @@ def explain_recommendations(run_dir: Path, model, meta, user: int, k: int = 10) 
     for rank, (i, s) in enumerate(zip(items[0], vals[0]), 1):
         if i < 0:
             continue
-        reason = _reason(model, int(i), hist_items, hist_ratings, vecs, meta)
+        reason = _reason(model, int(i), hist_items, hist_ratings, vecs, meta, user)
         lines.append(f"{rank:3d}. {meta.item_names([i])[0]} (id {meta.items.ids(i)})  score {s:.3f}  — {reason}")
     return lines
 
 
-def _reason(model, item, hist_items, hist_ratings, vecs, meta) -> str:
+def _reason(model, item, hist_items, hist_ratings, vecs, meta, user=None) -> str:
+    if user is not None and hasattr(model, "explain"):  # the model's own score terms (e.g. EASE)
+        parts = [(j, c) for j, c in model.explain(user, item) if c > 0]
+        if parts:
+            rating = dict(zip(np.asarray(hist_items).tolist(), np.asarray(hist_ratings).tolist()))
+            said = [f"rated {meta.item_names([j])[0]} {rating[j]:.0f}/10" if rating.get(j, 0) > 0
+                    else f"watched {meta.item_names([j])[0]}" for j, _ in parts]
+            return "because you " + ", ".join(f"{w} (contribution {c:.3f})" for w, (_, c) in zip(said, parts))
     if vecs is not None and len(hist_items):
         v = np.asarray(vecs[item] if not hasattr(vecs, "toarray") else vecs[item].toarray().ravel(), np.float64)
         h = vecs[hist_items]
