@@ -164,6 +164,18 @@ def _header_tokens(head: V.Head, delimiter: str) -> list[str]:
     return [t.strip() for t in V.split_line(head.first_line, delimiter)]
 
 
+def _no_duplicate_names(path: Path, names: list[str]) -> None:
+    """A header naming a column twice is an error (compared case-insensitively, as columns are
+    looked up); empty names are not compared."""
+    seen = {}
+    for i, name in enumerate(names):
+        key = str(name).strip().lower()
+        if key and key in seen:
+            raise DataError(path, f"the header names this column twice (fields {seen[key] + 1} and {i + 1}); "
+                                  f"rename or drop one", line=1, column=str(name).strip())
+        seen.setdefault(key, i)
+
+
 def _mal_ratings(path: Path) -> RatingsFile:
     head = V.read_head(path)
     raw = _header_tokens(head, ",")
@@ -172,6 +184,7 @@ def _mal_ratings(path: Path) -> RatingsFile:
         raise DataError(path, "line 1 is empty (expected the header user_id,anime_id,rating)", line=1)
     header = not all(V.looks_like_int(t) for t in tokens)
     if header:
+        _no_duplicate_names(path, raw)
         idx = {}
         for i, t in enumerate(tokens):
             idx.setdefault(t, i)
@@ -206,6 +219,7 @@ def _cooperunion_ratings(path: Path) -> RatingsFile:
     tokens = [t.lower() for t in raw]
     header = not all(V.looks_like_int(t) for t in tokens)
     if header:
+        _no_duplicate_names(path, raw)
         idx = {t: i for i, t in reversed(list(enumerate(tokens)))}
         roles, labels = {}, {}
         for role, name in (("user", "user_id"), ("item", "anime_id"), ("rating", "rating")):
@@ -226,6 +240,8 @@ def _generic_ratings(path: Path, cfg) -> RatingsFile:
     head = V.read_head(path)
     raw = _header_tokens(head, delimiter)
     n = len(raw)
+    if cfg.header:
+        _no_duplicate_names(path, raw)
     specs = {"user": ("user_col", cfg.user_col), "item": ("item_col", cfg.item_col),
              "rating": ("rating_col", cfg.rating_col)}
     if cfg.timestamp_col != "":
@@ -317,39 +333,73 @@ def iter_chunks(rf: RatingsFile, stats: FileStats, chunk_rows: int = 1_000_000, 
     nrows = max_rows + 1 if max_rows and max_rows > 0 else None  # one more, to know if we stopped early
     records = 0
     last_user = None
-    with open(rf.path, "rb") as fh:
-        fh.seek(rf.head.bom_len)
-        try:
-            reader = _strict(lambda: pd.read_csv(
-                fh, sep=rf.delimiter, header=None, names=list(range(rf.n_fields)),
-                skiprows=1 if rf.header else 0, index_col=False, encoding="latin-1", chunksize=chunk_rows,
-                nrows=nrows, keep_default_na=False, na_values=[""], skip_blank_lines=True, engine="c"))
-            it = iter(reader)
-            cur = _strict(lambda: next(it, None))
-            while cur is not None:
-                nxt = _strict(lambda: next(it, None))
-                at_eof = nxt is None
-                if nrows is not None and records + len(cur) > max_rows:
-                    cur = cur.iloc[:max_rows - records]
-                    nxt, at_eof = None, False
-                cols = _validate_chunk(rf, cur, records, at_eof, stats, locator)
-                # runs of equal user ids, to report whether the file is grouped by user (MAL's are;
-                # nothing here relies on it)
-                u = cols["user"]
-                if len(u):
-                    blocks = int((u[1:] != u[:-1]).sum()) + (0 if last_user == u[0] else 1)
-                    stats.format["user_blocks"] = stats.format.get("user_blocks", 0) + blocks
-                    last_user = u[-1]
-                yield cols
-                records += len(cur)
-                cur = nxt
-        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
-            raise V.parser_error(rf.path, exc, locator, rf.n_fields) from None
-        except pd.errors.EmptyDataError:
-            pass
+    it = _frames(rf, chunk_rows, nrows)
+    try:
+        cur = next(it, None)
+        while cur is not None:
+            nxt = next(it, None)
+            at_eof = nxt is None
+            if nrows is not None and records + len(cur) > max_rows:
+                cur = cur.iloc[:max_rows - records]
+                nxt, at_eof = None, False
+            cols = _validate_chunk(rf, cur, records, at_eof, stats, locator)
+            # runs of equal user ids, to report whether the file is grouped by user (MAL's are;
+            # nothing here relies on it)
+            u = cols["user"]
+            if len(u):
+                blocks = int((u[1:] != u[:-1]).sum()) + (0 if last_user == u[0] else 1)
+                stats.format["user_blocks"] = stats.format.get("user_blocks", 0) + blocks
+                last_user = u[-1]
+            yield cols
+            records += len(cur)
+            cur = nxt
+    except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
+        raise V.parser_error(rf.path, exc, locator, rf.n_fields) from None
+    except pd.errors.EmptyDataError:
+        pass
+    finally:
+        it.close()
     if records == 0:
         raise DataError(rf.path, "no data rows" + (" after the header" if rf.header else ""),
                         line=2 if rf.header else 1)
+
+
+_ID_ROLES = ("user", "item", "timestamp")
+
+
+def _frames(rf: RatingsFile, chunk_rows: int, nrows: int | None):
+    """The file's records as DataFrames of ``chunk_rows``, with exact integer id columns.
+
+    pandas parses a column as int64 (exact) unless a value is not an integer: one ``1.0`` or empty
+    cell makes the whole chunk's column float64, where ``2**53`` and ``2**53 + 1`` are one number.
+    From the first chunk with a float id column on, the file is read again with the id columns as
+    text (about 5x slower to parse), skipping the chunks already yielded, and ``int_column`` parses
+    them exactly. Files of plain integer ids never take that path.
+    """
+    id_pos = {pos: str for role, pos in rf.roles.items() if role in _ID_ROLES}
+    done, as_text = 0, False
+    while True:
+        with open(rf.path, "rb") as fh:
+            fh.seek(rf.head.bom_len)
+            reader = _strict(lambda: pd.read_csv(
+                fh, sep=rf.delimiter, header=None, names=list(range(rf.n_fields)),
+                skiprows=1 if rf.header else 0, index_col=False, encoding="latin-1", chunksize=chunk_rows,
+                nrows=nrows, keep_default_na=False, na_values=[""], skip_blank_lines=True, engine="c",
+                dtype=id_pos if as_text else None))
+            it = iter(reader)
+            seen = 0
+            while True:
+                chunk = _strict(lambda: next(it, None))
+                if chunk is None:
+                    return
+                seen += 1
+                if seen <= done:
+                    continue  # yielded by the integer pass
+                if not as_text and any(chunk[pos].dtype.kind == "f" for pos in id_pos):
+                    as_text = True
+                    break
+                done += 1
+                yield chunk
 
 
 def _strict(step):
@@ -449,6 +499,7 @@ def read_catalogue(path: Path, kind: str, delimiter: str = ",", id_names: tuple 
         aliases["score"] = ("score", "rating")  # CooperUnion's anime.csv: rating = mean user score
     if not first.strip():
         raise DataError(path, "line 1 is empty (expected a header)", line=1)
+    _no_duplicate_names(path, header)
     try:
         # pyarrow: ~3x faster than pandas here, and strict about the field count of every line
         # (pandas with usecols silently accepts extra fields, and pads short lines)
@@ -558,6 +609,7 @@ def read_status_codes(path: Path | None) -> tuple[np.ndarray | None, FileStats |
     stats = FileStats(path.name, V.sha256_file(path))
     text = V.decode_text(path, path.read_bytes(), stats)
     locator = Locator(path, ",", True, text=text)
+    _no_duplicate_names(path, V.split_line(text.split("\n", 1)[0].rstrip("\r"), ","))
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

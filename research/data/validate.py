@@ -20,13 +20,18 @@ Decisions recorded here so both paths apply them the same way:
   catalogue is simply older or smaller than the lists; collaborative models need no side features,
   and ``build_dataset`` gives such anime NaN / [] side features.
 * Ids must be integers (or integral numbers such as ``1.0``) in the int64 range; other ids are an
-  error (the generic adapter does not invent codes for string ids: map them first).
+  error (the generic adapter does not invent codes for string ids: map them first). They are
+  parsed exactly, never through a float (which cannot tell ``2**53`` from ``2**53 + 1``).
+* Ratings are stored as float32: a finite rating that would become ``inf`` or (nonzero) ``0`` in
+  that cast is an error, like any other bad rating.
+* A header that names a column twice (case-insensitively) is an error: which one is meant?
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import math
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,7 +59,7 @@ BOMS = {
 
 def short(value, limit: int = 40) -> str:
     """repr of a value, cut to ``limit`` characters (a 10 MB field must not flood the message)."""
-    text = repr(value)
+    text = repr(value.item() if isinstance(value, np.generic) else value)
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
@@ -362,42 +367,104 @@ def _first(mask: np.ndarray) -> int:
 
 
 def _missing(raw) -> bool:
-    return raw is None or (isinstance(raw, float) and math.isnan(raw))
+    return raw is None or raw is pd.NA or (isinstance(raw, float) and math.isnan(raw))
+
+
+_EXACT_FLOAT = 2.0 ** 53  # every integer below this is exact in a float64, not all at or above it
+_INT_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_INT64_RANGE = "the int64 range, -2**63 .. 2**63-1"
 
 
 def int_column(values: pd.Series, *, nonnegative: bool = False) -> np.ndarray:
-    """Integer ids as int64. Empty cells, non-integers and values out of the int64 range raise
-    ``BadValue`` at the first offending position; integral floats (``3.0``) are accepted when they
-    are exact (below 2**53)."""
+    """Integer ids as int64, parsed exactly. Empty cells, non-integers and values out of the int64
+    range raise ``BadValue`` at the first offending position.
+
+    Integer columns are taken as they are; text (and object) columns are parsed digit by digit
+    (integral decimals such as ``1.0`` / ``1e3`` through ``Decimal``, never through a float). A
+    float column is accepted only below 2**53, where floats are exact: ``sources.iter_chunks``
+    re-reads a float-typed id column as text rather than passing it here."""
     dtype = values.dtype
-    fl = None
-    if dtype.kind in "iu" and dtype != np.uint64:
+    if dtype.kind == "i":
         arr = values.to_numpy().astype(np.int64, copy=False)
+    elif dtype.kind == "u":
+        raw = values.to_numpy()
+        big = raw > np.uint64(_INT64_MAX)
+        if big.any():
+            pos = _first(big)
+            raise BadValue(pos, f"{short(values.iloc[pos])} is out of {_INT64_RANGE}")
+        arr = raw.astype(np.int64)
     elif dtype.kind == "f":
-        fl = values.to_numpy(dtype=np.float64)
+        arr = _float_ids(values)
     else:
-        num = pd.to_numeric(values, errors="coerce")
-        if num.dtype.kind in "iu" and num.dtype != np.uint64:
-            arr = num.to_numpy().astype(np.int64, copy=False)
-        elif num.dtype.kind == "f":
-            fl = num.to_numpy(dtype=np.float64)
-        else:  # uint64, or python ints beyond int64 (object)
-            fl = np.array([np.nan if _missing(v) else float(v) for v in num.to_numpy()], dtype=np.float64)
-    if fl is not None:
-        bad = ~np.isfinite(fl) | (np.floor(fl) != fl) | (np.abs(fl) > 2.0 ** 53)
-        if bad.any():
-            pos = _first(bad)
-            raw = values.iloc[pos]
-            if _missing(raw):
-                raise BadValue(pos, "missing value (empty field, or too few fields on the line)")
-            if np.isfinite(fl[pos]) and np.floor(fl[pos]) == fl[pos]:
-                raise BadValue(pos, f"{short(raw)} is out of the exact integer range")
-            raise BadValue(pos, f"{short(raw)} is not an integer id")
-        arr = fl.astype(np.int64)
+        arr = _text_ids(values)
     if nonnegative and len(arr) and arr.min() < 0:
         pos = _first(arr < 0)
         raise BadValue(pos, f"{arr[pos]} is negative (ids are >= 0 in this source)")
     return arr
+
+
+def _float_ids(values: pd.Series) -> np.ndarray:
+    fl = values.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(fl) | (np.floor(fl) != fl) | (np.abs(fl) >= _EXACT_FLOAT)
+    if bad.any():
+        pos = _first(bad)
+        raw = values.iloc[pos]
+        if _missing(raw):
+            raise BadValue(pos, "missing value (empty field, or too few fields on the line)")
+        if np.isfinite(fl[pos]) and np.floor(fl[pos]) == fl[pos]:
+            raise BadValue(pos, f"{short(raw)} was read as a float, which is not exact at or beyond 2**53")
+        raise BadValue(pos, f"{short(raw)} is not an integer id")
+    return fl.astype(np.int64)
+
+
+def _text_ids(values: pd.Series) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:  # the common case, all plain digits: pyarrow's exact string -> int64 cast
+        arr = pc.cast(pc.utf8_trim_whitespace(pa.array(values, from_pandas=True)), pa.int64())
+        if arr.null_count == 0:
+            return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):
+        pass
+    out = np.empty(len(values), dtype=np.int64)
+    for pos, v in enumerate(values.to_numpy(dtype=object)):
+        out[pos] = _exact_int(v, pos)
+    return out
+
+
+def _exact_int(v, pos: int) -> int:
+    """One id value (str, int or float) as an int64, exactly, or ``BadValue``."""
+    if _missing(v) or (isinstance(v, str) and not v.strip()):
+        raise BadValue(pos, "missing value (empty field, or too few fields on the line)")
+    n = None
+    if isinstance(v, (bool, np.bool_)):
+        pass
+    elif isinstance(v, (int, np.integer)):
+        n = int(v)
+    elif isinstance(v, (float, np.floating)):
+        if math.isfinite(v) and float(v).is_integer():
+            if abs(v) >= _EXACT_FLOAT:
+                raise BadValue(pos, f"{short(v)} was read as a float, which is not exact at or beyond 2**53")
+            n = int(v)
+    elif isinstance(v, str):
+        t = v.strip()
+        if _INT_TEXT.fullmatch(t):
+            n = int(t)
+        elif _DECIMAL_TEXT.fullmatch(t):
+            from decimal import Decimal
+
+            d = Decimal(t)
+            if d == d.to_integral_value():
+                if d.adjusted() > 19:  # never build the int of "1e999999999"
+                    raise BadValue(pos, f"{short(v)} is out of {_INT64_RANGE}")
+                n = int(d)
+    if n is None:
+        raise BadValue(pos, f"{short(v)} is not an integer id")
+    if not _INT64_MIN <= n <= _INT64_MAX:
+        raise BadValue(pos, f"{short(v)} is out of {_INT64_RANGE}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -445,7 +512,17 @@ def rating_column(values: pd.Series, scale: RatingScale) -> np.ndarray:
     if out.any():
         pos = _first(out)
         raise BadValue(pos, f"{short(values.iloc[pos])} is out of range ({scale.label})")
-    res = arr.astype(np.float32)
+    with np.errstate(over="ignore"):
+        res = arr.astype(np.float32)
+    big = ~np.isfinite(res)
+    tiny = (res == 0) & (arr != 0)
+    if big.any() or tiny.any():
+        pos = _first(big | tiny)
+        raw = short(values.iloc[pos])
+        if big[pos]:
+            raise BadValue(pos, f"{raw} is too large for a rating (stored as a 32-bit float: at most 3.4e+38)")
+        raise BadValue(pos, f"{raw} is too small for a rating: as a 32-bit float it would be 0 "
+                            f"(a nonzero rating needs a magnitude of at least 1.4e-45)")
     res[unrated] = np.nan
     return res
 

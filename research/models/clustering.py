@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from research.data.interactions import Interactions
 from research.errors import ConfigError
 from research.eval import metrics as M
-from research.models.base import Recommender
+from research.models.base import Recommender, Stateful
 
 FEATURES = ("genre", "svd")
 
@@ -126,6 +126,18 @@ def _one_thread():
     return threadpool_limits(1)
 
 
+class KMeansFit(Stateful):
+    """What the model keeps of a fitted scikit-learn ``KMeans``: its numbers, so that a saved
+    model is data only (same attribute names as the estimator)."""
+
+    def __init__(self, km):
+        self.cluster_centers_ = np.asarray(km.cluster_centers_)
+        self.labels_ = np.asarray(km.labels_)
+        self.inertia_ = float(km.inertia_)
+        self.n_iter_ = int(km.n_iter_)
+        self.n_clusters = int(km.n_clusters)
+
+
 class KMeansUsers(Recommender):
     """Users clustered by taste; each cluster recommends what it likes most.
 
@@ -182,8 +194,8 @@ class KMeansUsers(Recommender):
         self.taste_ = x
         k = min(self.n_clusters, len(self.active_))
         with _one_thread():
-            self.km_ = KMeans(n_clusters=k, n_init=self.n_init, max_iter=self.max_iter,
-                              random_state=self.seed).fit(x[self.active_])
+            self.km_ = KMeansFit(KMeans(n_clusters=k, n_init=self.n_init, max_iter=self.max_iter,
+                                        random_state=self.seed).fit(x[self.active_]))
         self.labels_ = np.full(n_u, -1, dtype=np.int64)
         self.labels_[self.active_] = self.km_.labels_
         self._cluster_stats(train)

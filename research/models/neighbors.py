@@ -47,7 +47,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from research.data.interactions import Interactions
-from research.models.base import Recommender, top_k
+from research.models.base import Recommender, Stateful, top_k
 from research.models.baselines import Bias
 
 SIMILARITIES = ("adjusted_cosine", "pearson", "baseline", "cosine", "binary")
@@ -75,7 +75,7 @@ def _block_rows(n_cols: int, block_mb: float) -> int:
     return max(1, int(block_mb * 2**20 / (8 * max(n_cols, 1))))
 
 
-class SimilarityRows:
+class SimilarityRows(Stateful):
     """Cosine similarities (with shrinkage) between rows of a sparse entity x feature matrix.
 
     Args:
@@ -83,6 +83,9 @@ class SimilarityRows:
         shrinkage: ``s * n_common / (n_common + shrinkage)``; 0 disables it (and the co-count
             product, which costs as much as the similarity product itself).
     """
+
+    #: saved: ``a`` and its row data; its transpose and pattern are rebuilt on load
+    transient = ("at", "p", "pt")
 
     def __init__(self, values: sp.csr_matrix, shrinkage: float = 0.0):
         values = values.tocsr()
@@ -95,10 +98,13 @@ class SimilarityRows:
         self.position[self.active] = np.arange(len(self.active))
         self.a = values[self.active].astype(np.float32).tocsr()
         self.a.sort_indices()
-        self.at = self.a.T.tocsr()
         sq = np.asarray(self.a.multiply(self.a).sum(axis=1)).ravel()
         self.norms = np.sqrt(sq).astype(np.float32)
         self.shrinkage = float(shrinkage)
+        self.after_load()
+
+    def after_load(self) -> None:
+        self.at = self.a.T.tocsr()
         if self.shrinkage > 0:
             self.p = _with_data(self.a, np.ones(self.a.nnz))
             self.pt = self.p.T.tocsr()
@@ -183,6 +189,8 @@ class _KNN(Recommender):
 
     predicts_ratings = True
     _rows_are_items: bool = True
+    #: derived from the saved ``sim_`` and ``resid`` on load
+    transient = ("sim_abs_", "rated_pattern")
 
     def __init__(self, k: int = 40, similarity: str = "adjusted_cosine", shrinkage: float = 100.0,
                  history: str = "binary", pred_damping: float = 0.0, user_damping: float = 5.0,
@@ -222,6 +230,10 @@ class _KNN(Recommender):
         self.sim_ = self.sim_rows_.top_k(self.k, self.block_mb, self.n_jobs)
         self.sim_abs_ = abs(self.sim_)
         return self
+
+    def after_load(self) -> None:
+        self.rated_pattern = _with_data(self.resid, np.ones(self.resid.nnz))  # resid has rated's structure
+        self.sim_abs_ = abs(self.sim_)
 
     def _baseline_raw(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """μ + b_u + b_i without clipping (residuals must add back to the rating exactly)."""
@@ -338,6 +350,7 @@ class UserKNN(_KNN):
     """
 
     _rows_are_items = False
+    transient = ("resid_t", "rated_pattern_t", "history_all")
 
     def __init__(self, k: int = 100, similarity: str = "pearson", shrinkage: float = 25.0,
                  history: str = "binary", pred_damping: float = 1.0, user_damping: float = 5.0,
@@ -347,10 +360,17 @@ class UserKNN(_KNN):
 
     def fit(self, train, val=None) -> "UserKNN":
         super().fit(train, val)
+        self._transposes()
+        return self
+
+    def after_load(self) -> None:
+        super().after_load()
+        self._transposes()
+
+    def _transposes(self) -> None:
         self.resid_t = self.resid.T.tocsr()
         self.rated_pattern_t = self.rated_pattern.T.tocsr()
         self.history_all = (self.ones if self.history == "binary" else self.resid)
-        return self
 
     def _num_den(self, users, items):
         return (_pairwise_rows(self.sim_[users], self.resid_t[items]),

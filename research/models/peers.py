@@ -19,6 +19,10 @@ Predictions are vectorised: Surprise's per-pair ``algo.predict`` is replaced by 
 applied to the fitted arrays (``bu, bi, pu, qi[, yj]``; KNNBaseline's similarity matrix), with the
 same handling of unknown users/items and the same clipping to the rating scale. Tests compare
 against ``algo.predict`` pair by pair.
+
+Persistence: those fitted arrays are all a model needs, so every peer saves data only (the base
+class' ``model.json`` + ``arrays.npz``); the library's own object (``algo``, which could only be
+pickled) is not saved and is ``None`` after ``load``.
 """
 from __future__ import annotations
 
@@ -41,6 +45,9 @@ class _SurpriseBase(Recommender):
     """
 
     predicts_ratings = True
+    #: the fitted Surprise object: not saved (only pickle could store it), None after ``load``
+    algo = None
+    transient = ("algo",)
 
     def _make_algo(self):
         raise NotImplementedError
@@ -240,14 +247,17 @@ class SurpriseKNNBaseline(_SurpriseBase):
         self.bu = np.asarray(a.bu, dtype=np.float64)
         self.bi = np.asarray(a.bi, dtype=np.float64)
         self.sim = np.asarray(a.sim)  # (n_inner_items, n_inner_items)
-        # each user's training ratings in Surprise's order (ur[u]), as inner item ids
-        self._ur = {u: (np.fromiter((j for j, _ in r), np.int64, len(r)),
-                        np.fromiter((x for _, x in r), np.float64, len(r)))
-                    for u, r in trainset.ur.items()}
+        # each user's training ratings in Surprise's order (ur[u]), as inner item ids, packed:
+        # user u's are [_ur_ptr[u], _ur_ptr[u + 1]) of _ur_items / _ur_ratings
+        ur = [trainset.ur[u] for u in range(trainset.n_users)]
+        self._ur_ptr = np.r_[0, np.cumsum([len(r) for r in ur])].astype(np.int64)
+        self._ur_items = np.fromiter((j for r in ur for j, _ in r), np.int64, int(self._ur_ptr[-1]))
+        self._ur_ratings = np.fromiter((x for r in ur for _, x in r), np.float64, int(self._ur_ptr[-1]))
 
     def _user_estimates(self, u_inner: int, i_inner: np.ndarray) -> np.ndarray:
         """Estimates (unclipped) for one known user and known items ``i_inner``."""
-        j, r = self._ur[u_inner]
+        a, b = self._ur_ptr[u_inner], self._ur_ptr[u_inner + 1]
+        j, r = self._ur_items[a:b], self._ur_ratings[a:b]
         base_i = self.mu + self.bu[u_inner] + self.bi[i_inner]
         if len(j) == 0:
             return base_i

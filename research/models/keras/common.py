@@ -515,28 +515,26 @@ class KerasRecommender(Recommender):
         _write_json(path / _STATE_FILE, state)
 
     @classmethod
-    def load(cls, path, meta: Meta) -> "KerasRecommender":
+    def load(cls, path, meta: Meta, *, allow_pickle: bool = False) -> "KerasRecommender":
         """Rebuild a model written by ``save`` (works in a fresh process).
 
         Args:
             path: the folder given to ``save``.
             meta: the run's vocabularies (must have the sizes the model was trained with).
+            allow_pickle: ignored (the base signature): these files hold no pickle.
         """
-        import importlib
+        from research.models.base import registered_class
 
         path = Path(path)
         state = json.loads((path / _STATE_FILE).read_text())
-        module, name = state["class"].split(":")
-        klass = getattr(importlib.import_module(module), name)
-        if not issubclass(klass, cls):
-            raise TypeError(f"{path} holds a {state['class']}, not a {cls.__name__}")
+        klass = registered_class(state.get("class"), cls, path / _STATE_FILE)  # registry classes only
         if (meta.n_users, meta.n_items) != (state["n_users"], state["n_items"]):
             raise ValueError(f"{path}: saved for {state['n_users']} users x {state['n_items']} items, "
                              f"meta has {meta.n_users} x {meta.n_items}")
         obj = klass(**state["config"])
         obj.meta = meta
         obj.fit_state = dict(state["fit_state"])
-        with np.load(path / _ARRAYS_FILE) as z:
+        with np.load(path / _ARRAYS_FILE, allow_pickle=False) as z:
             obj.fit_state.update({k: z[k] for k in state["array_keys"]})
         obj.history = state["history"]
         obj.fit_epochs, obj.best_epoch = state["fit_epochs"], state["best_epoch"]
@@ -544,7 +542,7 @@ class KerasRecommender(Recommender):
         obj.model = obj.build_model()
         dummy = Interactions(np.zeros(1), np.zeros(1), np.ones(1), meta)
         obj.model({k: tf.constant(v) for k, v in obj.features(dummy, training=False).items()})
-        with np.load(path / _WEIGHTS_FILE) as z:
+        with np.load(path / _WEIGHTS_FILE, allow_pickle=False) as z:
             weights = [z[f"w{i}"] for i in range(len(z.files))]
         if len(weights) != len(obj.model.weights):
             raise ValueError(f"{path}: {len(weights)} saved weights, the rebuilt model has {len(obj.model.weights)}")
