@@ -43,7 +43,7 @@ def _same(raw: Path, adapter: str, cfg: DataConfig, out: Path, chunk_rows: int):
 @pytest.mark.parametrize("adapter,cfg", [
     ("mal2020", DataConfig()),
     ("mal2020", DataConfig(ratings="animelist_head5000.csv", unrated="keep", min_user_ratings=50)),
-    ("cooperunion2017", DataConfig(min_user_ratings=10)),
+    ("cooperunion2017", DataConfig(min_user_ratings=10, ratings="rating_tail97k.csv")),
 ], ids=["rating_complete", "animelist", "cooperunion"])
 def test_prepare_matches_load_on_samples(shared_data, tmp_path, adapter, cfg):
     pm = _same(shared_data / adapter, adapter, cfg, tmp_path / "out", chunk_rows=20_000)

@@ -355,7 +355,10 @@ class _ImplicitBase(Recommender):
         if self.use_validation and val is not None and len(val):
             train = train.concat(val)
         model = self._make_model()
-        model.fit(self._matrix(train), show_progress=False)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, "blas"):  # implicit's own threads; a threaded BLAS inside them slows it
+            model.fit(self._matrix(train), show_progress=False)
         if hasattr(model, "to_cpu"):  # a GPU model, should one be picked
             model = model.to_cpu()
         self.user_factors = np.asarray(model.user_factors, dtype=np.float32)
