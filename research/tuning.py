@@ -201,11 +201,16 @@ def check_objective(cfg: Config, spec: ModelSpec) -> tuple[str, str]:
 
 
 def tuning_dir(cfg: Config, seed: int) -> Path:
-    """``results/runs/<experiment>/tune-<hash>-seed<seed>``; the hash ignores the trial budget and
-    ``retrain_on_full`` so that a larger ``max_trials`` extends the same search."""
+    """``results/runs/<experiment>/tune-<hash>-seed<seed>``; the hash ignores the trial budget,
+    ``retrain_on_full`` and the config's untuned models, so that a larger ``max_trials`` extends the
+    same search and a model added to a base config does not discard it."""
     from research.experiment import config_hash
 
-    blank = dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
+    spec = tuned_spec(cfg)
+    # what the search depends on: data, split, eval, the tuned table and the baselines it refits
+    # (not the other models a base config lists, so adding one there keeps every search)
+    kept = tuple(m for m in cfg.models if m.name == spec.name or (m.name in BASELINES and m.type == m.name))
+    blank = dataclasses.replace(cfg, models=kept, tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
     return R.runs_root(cfg.results_path) / cfg.experiment / f"tune-{config_hash(blank)}-seed{seed}"
 
 
