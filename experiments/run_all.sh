@@ -6,15 +6,18 @@
 #   ANIMEREC_DATA=/path/to/shared/data bash experiments/run_all.sh          # everything
 #   ANIMEREC_DATA=... bash experiments/run_all.sh leaderboard study_protocol  # only these steps
 #
-# Step names: eda runs tune showcase elbow report, or one experiment name (a config in experiments/configs).
+# Step names: eda runs tune peak showcase elbow report, or one experiment name (a config in experiments/configs).
 # A finished tuning search is reused (keras-tuner resumes it; no trial is repeated) and refitted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export ANIMEREC_DATA="${ANIMEREC_DATA:-$(cd .. && pwd)/shared/data}"
 PY="${PYTHON:-python3}"
 CFG=experiments/configs
-RUNS=(leaderboard kmeans_elbow dnn_curves study_protocol study_protocol_score0 tuned_vs_peers)
-TUNES=(tune_item_knn tune_embedding_dot tune_two_tower tune_dnn tune_kmeans)
+RUNS=(leaderboard cooperunion_5k kmeans_elbow dnn_curves study_protocol study_protocol_score0 tuned_vs_peers)
+# the ranking models and peers, searched with one budget per data set (then ranking_peak*)
+RANKERS=(ease multvae two_tower item_knn implicit_als implicit_bpr)
+TUNES=(tune_embedding_dot tune_dnn tune_kmeans)
+for m in "${RANKERS[@]}"; do TUNES+=("tune_$m" "tune_${m}_5k"); done
 
 step() {  # step NAME COMMAND...: run it, print its wall time
   local name="$1"; shift
@@ -48,6 +51,18 @@ for exp in "${TUNES[@]}"; do
     step "tune $exp" "$PY" -m research tune "$CFG/$exp.toml"
   fi
 done
+# tuned against tuned: every ranking model and peer at its searched configuration and at its
+# default, fitted on train + validation, 3 seeds (the config is written from the finished searches)
+if wanted peak || wanted ranking_peak; then
+  step "write ranking_peak.toml" "$PY" experiments/tuned_config.py --out "$CFG/ranking_peak.toml" \
+    --experiment ranking_peak $(for m in "${RANKERS[@]}"; do echo "$CFG/tune_$m.toml"; done)
+  step "run ranking_peak" "$PY" -m research run -q "$CFG/ranking_peak.toml"
+fi
+if wanted peak || wanted ranking_peak_5k; then
+  step "write ranking_peak_5k.toml" "$PY" experiments/tuned_config.py --out "$CFG/ranking_peak_5k.toml" \
+    --experiment ranking_peak_5k $(for m in "${RANKERS[@]}"; do echo "$CFG/tune_${m}_5k.toml"; done)
+  step "run ranking_peak_5k" "$PY" -m research run -q "$CFG/ranking_peak_5k.toml"
+fi
 if wanted elbow || wanted kmeans_elbow; then
   step "kmeans elbow curve" "$PY" experiments/kmeans_elbow.py "$CFG/kmeans_elbow.toml"
 fi
