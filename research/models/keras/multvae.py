@@ -1,0 +1,440 @@
+"""``multvae``: Mult-VAE^PR and Mult-DAE (Liang, Krishnan, Hoffman, Jebara, WWW 2018, "Variational
+Autoencoders for Collaborative Filtering").
+
+- **Input**: a user's history as a bag of anime: every training interaction (rated or "watched
+  without a score") counts 1 (``weighting="binary"``, the paper's), or rating / mean training
+  rating with unrated rows at 1 (``weighting="rating"``). The bag is L2-normalised, then input
+  dropout (rate ``dropout``, kept entries scaled by 1/(1 - rate)) is applied while training: the
+  order of the paper's code (``h = l2_normalize(x); h = dropout(h)``), not dropout first.
+- **Modelled anime** (``catalogue``): "trained" (default) models, as input and in the softmax, the
+  anime with a training interaction; "all" the whole catalogue (``meta.n_items``). On the MAL
+  sample 6,539 of the 17,562 catalogue anime have a training row; the others can never be
+  candidates (the harness recommends only anime with a training row) and a full-catalogue
+  softmax only pushes their logits down, at 2.7x the cost of a step (0.48 s against 0.18 s at
+  batch 64, hidden 600). ``score`` returns the whole catalogue either way, the anime not
+  modelled at (the row's lowest logit − 1); validation anime outside the modelled set are left
+  out of the fold-in input (with "all" they would feed untrained input weights).
+- **Data pipeline**: the training examples are users (``features()`` yields ``{"user": int32}``, one
+  row per user with a training interaction, index-shuffled per epoch by ``tfdata.from_arrays``).
+  The Keras model holds each user's history as a ragged table (user -> anime, weights) and
+  densifies each batch in the graph (a scatter into a (B, modelled anime) tensor), so the (users x anime)
+  matrix is never dense in memory and the ``KerasRecommender`` machinery (early stopping,
+  TensorBoard, BackupAndRestore checkpoints, save / load) is unchanged.
+- **Network**: encoder MLP ``hidden`` (tanh) -> μ and log σ² of size ``latent`` -> z = μ + σ ε
+  while training (μ at inference) -> the mirrored decoder MLP (tanh) -> logits over every anime.
+  ``variant="dae"``: no sampling and no KL; the bottleneck is a deterministic tanh layer of size
+  ``latent`` (the paper's Mult-DAE: tanh on every layer but the output) with L2 weight decay on the
+  weight matrices (``weight_decay``; None = the paper's choice: 0.01 for the DAE, 0 for the VAE).
+  Weights are Glorot-uniform, biases zero.
+- **Loss**: multinomial log-likelihood −Σ_i x_ui log softmax(logits_u)_i per user, mean over the
+  batch, + β · KL(q(z|x_u) || N(0, I)), KL = Σ_j ½(−log σ²_j + σ²_j + μ_j² − 1), and (DAE) the
+  weight decay λ Σ W². β grows linearly from 0 to ``beta_cap`` over the first A gradient steps and
+  stays there: β(t) = beta_cap · min(1, t / A). (The paper's code uses min(cap, t / A'), i.e.
+  reaches the cap after cap · A' steps; here A is directly the ramp length.) A is ``anneal_steps``
+  when > 0, else ``anneal_epochs`` x steps per epoch (ceil(training users / batch_size)), so that
+  the default means the same thing on 575 users and on 5,000. Dropout masks and ε are stateless
+  random draws keyed on (seed, gradient step), so a resumed fit sees the noise an uninterrupted
+  one would have seen. TensorBoard (``train/``): ``epoch_loss`` (nll + β KL + decay, epoch mean),
+  ``epoch_nll``, ``epoch_kl`` (epoch means), ``epoch_beta`` (β at the epoch's last step);
+  ``validation/epoch_ndcg_at_10``.
+- **Validation / early stopping**: ``monitor = "val_ndcg_at_{val_k}"``: the decoder's logits for
+  the encoder fed each validation user's *training* history (μ, no dropout), scored by
+  ``validation.ndcg_at_k`` (candidates: anime with a training row; training anime excluded; every
+  validation anime relevant) over at most ``val_users`` validation users: exactly the harness on
+  ``part="val"`` of a model whose scores use the training history
+  (``scores_from_history(users, "train")``; ``tests/test_multvae.py`` checks the equality).
+
+Which rows each stage sees:
+
+- training batches and the validation ndcg: the training part only;
+- ``score(users)`` and ``user_vectors()``: the history given to ``fit`` as input, i.e. train +
+  validation interactions when ``fit`` got a validation part (fold-in: the harness excludes both
+  when scoring test), else train only; ``fold_in=False``: train only. The validation interactions
+  are never trained on; they are only the encoder's input at inference. Scoring ``part="val"``
+  with the harness after a fold-in fit sees the targets in the input (a leak: the validation
+  anime are not excluded there): hence ``fold_in=False`` in ``tune_multvae.toml``, whose trials
+  are scored that way, and ``scores_from_history(users, "train")``.
+
+``user_vectors()``: μ of the encoder for every user (on the scoring history). ``item_vectors()``:
+the rows of the decoder's output kernel (n_items x last hidden width); anime with no training
+interaction get zero vectors (their rows only ever received the softmax's push-down gradient, so
+they carry no co-occurrence information), which puts them at cosine 0 from everything.
+
+Defaults: chosen on the validation part of seed 0 of ``experiments/configs/mal2020_sample.toml``
+by the search of ``experiments/configs/tune_multvae.toml`` (see its header for the result).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from research.data.interactions import Interactions
+from research.errors import ConfigError
+from research.models.keras.common import KerasRecommender, TFRSModel, tf
+from research.models.keras.validation import ndcg_at_k, validation_targets
+from research.seeding import child_seed
+
+VARIANTS = ("vae", "dae")
+WEIGHTINGS = ("binary", "rating")
+CATALOGUES = ("trained", "all")
+_DAE_WEIGHT_DECAY = 0.01  # the paper's lambda for Mult-DAE
+
+
+def _ragged(indptr, items, weights):
+    splits = tf.constant(np.asarray(indptr, np.int64))
+    return (tf.RaggedTensor.from_row_splits(tf.constant(np.asarray(items, np.int32)), splits),
+            tf.RaggedTensor.from_row_splits(tf.constant(np.asarray(weights, np.float32)), splits))
+
+
+def multinomial_nll(logits, x):
+    """Per-row −Σ_i x_i log softmax(logits)_i: (B, n) logits and bag ``x`` -> (B,)."""
+    return -tf.reduce_sum(tf.nn.log_softmax(logits, axis=-1) * x, axis=-1)
+
+
+def gaussian_kl(mu, logvar):
+    """Per-row KL(N(μ, diag σ²) || N(0, I)) = Σ_j ½(−log σ²_j + σ²_j + μ_j² − 1) -> (B,)."""
+    return tf.reduce_sum(0.5 * (-logvar + tf.exp(logvar) + tf.square(mu) - 1.0), axis=-1)
+
+
+def beta_schedule(step, beta_cap: float, anneal_steps: int):
+    """β after ``step`` gradient steps: beta_cap · min(1, step / anneal_steps) (anneal_steps 0: cap)."""
+    step = tf.cast(step, tf.float32)
+    if anneal_steps <= 0:
+        return tf.constant(float(beta_cap), tf.float32) + 0.0 * step
+    return float(beta_cap) * tf.minimum(1.0, step / float(anneal_steps))
+
+
+class _MultVAEModel(TFRSModel):
+    def __init__(self, n_items, out_items, hidden, latent, variant, dropout, weight_decay, beta_cap,
+                 anneal_steps, train_hist, score_hist, candidates, val_k, noise_seed):
+        super().__init__()
+        self.n_items = int(n_items)  # the catalogue
+        self.n_out = len(out_items)  # the modelled anime (input and softmax), indexed 0..n_out-1
+        inv = np.full(self.n_items, self.n_out, np.int32)
+        inv[np.asarray(out_items)] = np.arange(self.n_out, dtype=np.int32)
+        self.to_modelled = tf.constant(inv)  # catalogue anime -> modelled index (n_out: not modelled)
+        self.variant = variant
+        self.dropout = float(dropout)
+        self.beta_cap = float(beta_cap)
+        self.anneal_steps = int(anneal_steps)
+        self.val_k = int(val_k)
+        self.noise_seed = int(noise_seed)
+        reg = tf.keras.regularizers.L2(weight_decay) if weight_decay else None
+        dense = lambda n, act, name: tf.keras.layers.Dense(  # noqa: E731
+            n, activation=act, kernel_regularizer=reg, name=name)
+        self.encoder = [dense(h, "tanh", f"encoder_{j}") for j, h in enumerate(hidden)]
+        if variant == "vae":
+            self.bottleneck = dense(2 * latent, None, "mu_logvar")
+        else:
+            self.bottleneck = dense(latent, "tanh", "bottleneck")
+        self.decoder = [dense(h, "tanh", f"decoder_{j}") for j, h in enumerate(reversed(hidden))]
+        self.logits_layer = dense(self.n_out, None, "logits")
+        self.latent = int(latent)
+        # user -> (anime, weight) ragged tables: training history, and the history scored at inference
+        self.train_items, self.train_weights = _ragged(*train_hist)
+        self.score_items, self.score_weights = _ragged(*score_hist)
+        self.out_items = tf.constant(np.asarray(out_items, np.int32))
+        self.candidates = tf.constant(candidates, tf.bool)
+        self.kl_tracker = tf.keras.metrics.Mean(name="kl")
+        self.nll_tracker = tf.keras.metrics.Mean(name="nll")
+        self.ndcg = tf.keras.metrics.Mean(name=f"ndcg_at_{val_k}")
+
+    # ---- pieces --------------------------------------------------------------------------
+    def bag_rows(self, users, which: str = "train"):
+        """The bag of ``users`` from the ragged table ``which`` ("train" / "score") as triples
+        (row in the batch, modelled anime, weight)."""
+        items, weights = (self.train_items, self.train_weights) if which == "train" else \
+            (self.score_items, self.score_weights)
+        rows = tf.gather(items, users)
+        return (tf.cast(rows.value_rowids(), tf.int32), rows.flat_values,
+                tf.gather(weights, users).flat_values)
+
+    def dense_batch(self, users, which: str = "train"):
+        """The (B, n_out) dense bag of ``users`` (modelled anime) from the table ``which``."""
+        rowids, cols, vals = self.bag_rows(users, which)
+        return tf.scatter_nd(tf.stack([rowids, cols], axis=1), vals, tf.stack([tf.shape(users)[0], self.n_out]))
+
+    def to_catalogue(self, m, fill):
+        """(B, n_out) -> (B, n_items): anime not modelled get ``fill`` (a (B, 1) column)."""
+        return tf.gather(tf.concat([m, fill], axis=1), self.to_modelled, axis=1)
+
+    def encode(self, x, noise_key=None):
+        """(μ, log σ²) of the dense bag ``x`` (log σ² None for the DAE): L2-normalised per row, then
+        input dropout keyed on ``noise_key`` ((2,) int64; None at inference)."""
+        h = tf.math.l2_normalize(x, axis=1)
+        if noise_key is not None and self.dropout > 0:
+            keep = tf.random.stateless_uniform(tf.shape(h), seed=noise_key) >= self.dropout
+            h = tf.where(keep, h / (1.0 - self.dropout), tf.zeros_like(h))
+        for layer in self.encoder:
+            h = layer(h)
+        h = self.bottleneck(h)
+        if self.variant == "vae":
+            return h[:, :self.latent], h[:, self.latent:]
+        return h, None
+
+    def encode_users(self, users, which: str = "score"):
+        """Inference (μ, log σ²) of ``users`` fed the history table ``which``."""
+        return self.encode(self.dense_batch(users, which))
+
+    def decode(self, z):
+        for layer in self.decoder:
+            z = layer(z)
+        return self.logits_layer(z)
+
+    def logits_of(self, users, which: str = "score"):
+        """Inference logits over the catalogue (μ, no dropout) of ``users`` fed the history table
+        ``which``; anime not modelled score (the row's lowest logit − 1)."""
+        mu, _ = self.encode_users(users, which)
+        logits = self.decode(mu)
+        return self.to_catalogue(logits, tf.reduce_min(logits, axis=1, keepdims=True) - 1.0)
+
+    def call(self, inputs, training=False):
+        """Inference logits over the catalogue for ``inputs["user"]``, from the scoring history."""
+        return self.logits_of(inputs["user"], "score")
+
+    # ---- training ------------------------------------------------------------------------
+    def _keys(self, step):
+        step = tf.cast(step, tf.int64)
+        s = tf.constant(self.noise_seed, tf.int64)
+        return tf.stack([s, 2 * step]), tf.stack([s, 2 * step + 1])
+
+    def losses_of(self, users, step, training: bool):
+        """(nll, kl) batch means for ``users`` (training: dropout and z sampling keyed on ``step``)."""
+        x = self.dense_batch(users, "train")
+        k_drop, k_eps = self._keys(step) if training else (None, None)
+        mu, logvar = self.encode(x, k_drop)
+        if self.variant == "vae":
+            z = mu
+            if training:
+                eps = tf.random.stateless_normal(tf.shape(mu), seed=k_eps)
+                z = mu + tf.exp(0.5 * logvar) * eps
+            kl = tf.reduce_mean(gaussian_kl(mu, logvar))
+        else:
+            z, kl = mu, tf.constant(0.0)
+        nll = tf.reduce_mean(multinomial_nll(self.decode(z), x))
+        return nll, kl
+
+    def beta(self, step):
+        if self.variant != "vae":
+            return tf.constant(0.0)
+        return beta_schedule(step, self.beta_cap, self.anneal_steps)
+
+    def compute_loss(self, inputs, training=False):
+        step = self.optimizer.iterations
+        nll, kl = self.losses_of(inputs["user"], step, training)
+        return nll + self.beta(step) * kl
+
+    def train_step(self, inputs):
+        users = inputs["user"]
+        step = self.optimizer.iterations  # gradient steps so far (restored by BackupAndRestore)
+        beta = self.beta(step)
+        with tf.GradientTape() as tape:
+            nll, kl = self.losses_of(users, step, training=True)
+            reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+            total = nll + beta * kl + reg
+        grads = tape.gradient(total, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        n = tf.cast(tf.shape(users)[0], tf.float32)
+        self.loss_tracker.update_state(total, sample_weight=n)
+        self.nll_tracker.update_state(nll, sample_weight=n)
+        self.kl_tracker.update_state(kl, sample_weight=n)
+        return {"loss": self.loss_tracker.result(), "nll": self.nll_tracker.result(),
+                "kl": self.kl_tracker.result(), "beta": beta}
+
+    def test_step(self, inputs):
+        """ndcg@k of the batch's validation users fed their training history, as the harness
+        computes it on ``part="val"``."""
+        users, targets = inputs["user"], inputs["targets"]  # targets: (B, T) anime, -1 = padding
+        s = self.logits_of(users, "train")
+        rows = tf.gather(self.train_items, users)
+        seen = rows.with_flat_values(tf.gather(self.out_items, rows.flat_values))  # catalogue ids
+        self.ndcg.update_state(ndcg_at_k(s, self.candidates, seen, targets, self.val_k))
+        return {self.ndcg.name: self.ndcg.result()}
+
+
+class MultVAE(KerasRecommender):
+    """Mult-VAE^PR / Mult-DAE (see the module docstring).
+
+    Args:
+        hidden: encoder widths (an int: one layer), mirrored by the decoder.
+        latent: size of z (the bottleneck).
+        variant: "vae" (Mult-VAE^PR) or "dae" (Mult-DAE).
+        dropout: input dropout rate while training.
+        beta_cap: the KL weight β reached at the end of the annealing (VAE).
+        anneal_epochs: length of β's linear ramp in epochs (used when ``anneal_steps`` is 0).
+        anneal_steps: length of the ramp in gradient steps (> 0 overrides ``anneal_epochs``).
+        weight_decay: L2 penalty λ Σ W² on the weight matrices; None = 0.01 for "dae", 0 for "vae".
+        weighting: "binary" (every interaction 1) or "rating" (rating / mean rating, unrated 1).
+        catalogue: "trained" (input and softmax over the anime with a training interaction) or
+            "all" (over the whole catalogue).
+        fold_in: score from train + validation history when ``fit`` got a validation part (False:
+            from train only, which scoring ``part="val"`` with the harness needs, e.g. tuning).
+        val_k: cut-off of the validation ndcg used for early stopping.
+        val_users: at most this many validation users (a seeded sample) for that ndcg.
+        epochs, batch_size, learning_rate, patience, ...: see ``KerasRecommender``.
+    """
+
+    predicts_ratings = False
+    monitor = "val_ndcg_at_10"
+    monitor_mode = "max"
+    rated_only = False
+
+    train_defaults = {"epochs": 200, "batch_size": 128, "learning_rate": 3e-3, "patience": 10,
+                      "eval_batch_size": 1024}
+
+    def __init__(self, hidden=(600,), latent: int = 200, variant: str = "vae", dropout: float = 0.2,
+                 beta_cap: float = 0.5, anneal_epochs: float = 60.0, anneal_steps: int = 0,
+                 weight_decay: float | None = None, weighting: str = "binary", catalogue: str = "trained",
+                 fold_in: bool = True, val_k: int = 10, val_users: int = 2000, seed: int = 0, **train):
+        super().__init__(seed=seed, **train)
+        hidden = [hidden] if isinstance(hidden, (int, np.integer)) else list(hidden)
+        if not hidden or any(int(h) < 1 for h in hidden) or int(latent) < 1:
+            raise ConfigError(f"multvae: hidden widths and latent must be >= 1, got {hidden}, {latent}")
+        if variant not in VARIANTS:
+            raise ConfigError(f"multvae: variant must be one of {VARIANTS}, got {variant!r}")
+        if weighting not in WEIGHTINGS:
+            raise ConfigError(f"multvae: weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if not 0 <= dropout < 1 or beta_cap < 0 or anneal_epochs < 0 or int(anneal_steps) < 0:
+            raise ConfigError("multvae: dropout must be in [0, 1), beta_cap, anneal_epochs, anneal_steps >= 0")
+        if weight_decay is not None and weight_decay < 0:
+            raise ConfigError("multvae: weight_decay must be >= 0")
+        if catalogue not in CATALOGUES:
+            raise ConfigError(f"multvae: catalogue must be one of {CATALOGUES}, got {catalogue!r}")
+        if int(val_k) < 1 or int(val_users) < 1:
+            raise ConfigError("multvae: val_k and val_users must be >= 1")
+        self.monitor = f"val_ndcg_at_{int(val_k)}"
+        self.hidden = [int(h) for h in hidden]
+        self.latent = int(latent)
+        self.variant = variant
+        self.dropout = float(dropout)
+        self.beta_cap = float(beta_cap)
+        self.anneal_epochs = float(anneal_epochs)
+        self.anneal_steps = int(anneal_steps)
+        self.weight_decay = None if weight_decay is None else float(weight_decay)
+        self.weighting = weighting
+        self.catalogue = catalogue
+        self.fold_in = bool(fold_in)
+        self.val_k, self.val_users = int(val_k), int(val_users)
+        self._fit_val = None
+
+    @property
+    def effective_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return _DAE_WEIGHT_DECAY if self.variant == "dae" else 0.0
+
+    # ---- data ----------------------------------------------------------------------------
+    def fit(self, train: Interactions, val: Interactions | None = None, **kwargs) -> "MultVAE":
+        """As ``KerasRecommender.fit``; ``val``'s interactions also join the scoring history."""
+        self._fit_val = val
+        try:
+            return super().fit(train, val, **kwargs)
+        finally:
+            self._fit_val = None
+
+    def _table(self, data: Interactions, mean_rating: float, modelled: np.ndarray):
+        """(indptr, modelled anime index, weight) of each user's distinct modelled anime (a duplicate
+        pair keeps its last row, as ``Interactions.to_csr``; anime not modelled are left out)."""
+        key = data.user.astype(np.int64) * data.n_items + data.item
+        _, last = np.unique(key[::-1], return_index=True)  # sorted by (user, anime)
+        keep = len(key) - 1 - last
+        keep = keep[modelled[data.item[keep]] >= 0]
+        user, item = data.user[keep], data.item[keep]
+        if self.weighting == "rating":
+            r = data.rating[keep]
+            w = np.where(np.isnan(r), 1.0, r / max(mean_rating, 1e-6))
+        else:
+            w = np.ones(len(keep))
+        indptr = np.zeros(data.n_users + 1, np.int64)
+        np.cumsum(np.bincount(user, minlength=data.n_users), out=indptr[1:])
+        return indptr, modelled[item].astype(np.int32), w.astype(np.float32)
+
+    def prepare(self, train: Interactions) -> dict:
+        r = train.rating[train.rated]
+        mean_rating = float(r.mean()) if r.size else 1.0
+        counts = np.bincount(train.item, minlength=train.n_items)
+        trained = counts > 0
+        out_items = np.flatnonzero(trained) if self.catalogue == "trained" else np.arange(train.n_items)
+        modelled = np.full(train.n_items, -1, np.int64)
+        modelled[out_items] = np.arange(len(out_items))
+        tr = self._table(train, mean_rating, modelled)
+        val = self._fit_val
+        fold = self.fold_in and val is not None and len(val)
+        sc = self._table(train.concat(val), mean_rating, modelled) if fold else tr
+        n_users = int(np.count_nonzero(np.diff(tr[0])))
+        steps_per_epoch = max(math.ceil(n_users / self.batch_size), 1)
+        anneal = self.anneal_steps or int(round(self.anneal_epochs * steps_per_epoch))
+        return {"train_indptr": tr[0], "train_items": tr[1], "train_weights": tr[2],
+                "score_indptr": sc[0], "score_items": sc[1], "score_weights": sc[2],
+                "out_items": out_items.astype(np.int32), "trained_items": trained, "mean_rating": mean_rating,
+                "anneal_steps_used": anneal, "steps_per_epoch": steps_per_epoch}
+
+    def features(self, data: Interactions, training: bool) -> dict[str, np.ndarray]:
+        if training:  # one example per user with a training interaction
+            return {"user": np.unique(data.user).astype(np.int32)}
+        return validation_targets(data, self.val_users, child_seed(self.seed, "val_users"))
+
+    def build_model(self):
+        st = self.fit_state
+        return _MultVAEModel(
+            self.meta.n_items, st["out_items"], self.hidden, self.latent, self.variant, self.dropout,
+            self.effective_weight_decay, self.beta_cap, st["anneal_steps_used"],
+            (st["train_indptr"], st["train_items"], st["train_weights"]),
+            (st["score_indptr"], st["score_items"], st["score_weights"]),
+            st["trained_items"], self.val_k, child_seed(self.seed, "multvae_noise"))
+
+    def after_fit(self) -> None:
+        self._logits_fn = {}
+        k = self.model.logits_layer.kernel.numpy().T  # (modelled anime, last hidden)
+        w = np.zeros((self.meta.n_items, k.shape[1]), np.float32)
+        w[self.fit_state["out_items"]] = k
+        w[~np.asarray(self.fit_state["trained_items"], bool)] = 0.0
+        self._items = w
+        self._users = None
+
+    # ---- inference -----------------------------------------------------------------------
+    def _batched(self, fn_name: str, users, which: str) -> np.ndarray:
+        self._require_fitted()
+        key = (fn_name, which)
+        if key not in self._logits_fn:
+            m = self.model
+            body = (lambda u: m.logits_of(u, which)) if fn_name == "logits" else \
+                (lambda u: m.encode_users(u, which)[0])
+            self._logits_fn[key] = tf.function(body, reduce_retracing=True)
+        users = np.asarray(users, dtype=np.int32)
+        b = self.eval_batch_size
+        out = [self._logits_fn[key](tf.constant(users[s:s + b])).numpy() for s in range(0, len(users), b)]
+        width = self.meta.n_items if fn_name == "logits" else self.latent
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+    def score(self, users):
+        """Decoder logits of ``users`` fed the scoring history (train + validation given to fit)."""
+        return self._batched("logits", users, "score")
+
+    def scores_from_history(self, users, which: str = "train") -> np.ndarray:
+        """Logits of ``users`` fed the training history (``"train"``) or the scoring one (``"score"``)."""
+        if which not in ("train", "score"):
+            raise ValueError("which must be 'train' or 'score'")
+        return self._batched("logits", users, which)
+
+    def dense_history(self, users, which: str = "train") -> np.ndarray:
+        """The input bag the model builds in the graph, on the catalogue: (len(users), n_items)
+        (anime not modelled: 0)."""
+        self._require_fitted()
+        users = tf.constant(np.asarray(users, np.int32))
+        x = self.model.dense_batch(users, which)
+        return self.model.to_catalogue(x, tf.zeros_like(x[:, :1])).numpy()
+
+    def item_vectors(self):
+        return self._items
+
+    def user_vectors(self):
+        if self._users is None:
+            self._users = self._batched("mu", np.arange(self.meta.n_users), "score")
+        return self._users
+
+    def extra_metrics(self) -> dict:
+        out = super().extra_metrics()
+        out["anneal_steps"] = int(self.fit_state.get("anneal_steps_used", 0))
+        return out
