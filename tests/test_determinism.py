@@ -36,6 +36,11 @@ epochs = 3
 [models.two_tower]
 epochs = 2
 dim = 16
+[models.ease]
+[models.multvae]
+epochs = 3
+hidden = [32]
+latent = 8
 """
 
 
@@ -55,6 +60,6 @@ def _metrics(tmp_path: Path, name: str) -> dict:
 def test_two_processes_identical_metrics(tmp_path):
     a = _metrics(tmp_path, "a")
     b = _metrics(tmp_path, "b")
-    assert len(a) == 11
+    assert len(a) == 13
     for name in a:
         assert a[name] == b[name], name
