@@ -10,10 +10,12 @@
 | ``neighbors`` | item-kNN all-item top-20 at MAL size: seconds, peak RSS; vs a naive pandas loop | ``bench.neighbors`` |
 | ``fullsize`` | ``prepare`` + one embedding_dot epoch at 1M / 10M / 57M rows: seconds, peak RSS | ``bench.fullsize`` |
 | ``serving`` | top-10 latency per user (p50, p99): brute force and faiss | ``bench.serving`` |
+| ``autoencoders`` | ease / multvae fit time, training and scoring users/s, peak RSS: sample, 5k, 310k x 17.5k synthetic | ``bench.autoencoders`` |
 
 A benchmark whose dependency has not landed (another part of the project) reports
 ``status: skipped`` with the reason instead of failing. ``animerec bench`` with no name runs the
-cheap ones (all but ``fullsize``, whose 57M-row step takes most of an hour: run it by name).
+cheap ones (all but ``fullsize``, whose 57M-row step takes most of an hour, and ``autoencoders``,
+whose EASE fit on the 310k x 17.5k synthetic matrix alone takes minutes: run them by name).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "neighbors": ("research.bench.neighbors", "run", "markdown"),
     "fullsize": ("research.bench.fullsize", "run", "markdown"),
     "serving": ("research.bench.serving", "run", "markdown"),
+    "autoencoders": ("research.bench.autoencoders", "run", "markdown"),
 }
 DEFAULT = ("peers", "time_to_accuracy", "throughput", "neighbors", "serving")
 
