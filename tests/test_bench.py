@@ -120,7 +120,8 @@ def test_summarize_ratios_and_goals_by_hand():
 def test_unknown_benchmark_is_a_config_error():
     with pytest.raises(ConfigError, match="did you mean 'neighbors'"):
         main("neighbours", quick=True)
-    assert set(BENCHMARKS) == {"peers", "time_to_accuracy", "throughput", "neighbors", "fullsize", "serving"}
+    assert set(BENCHMARKS) == {"peers", "time_to_accuracy", "throughput", "neighbors", "fullsize", "serving",
+                               "autoencoders"}
 
 
 def test_peak_rss_is_measured_in_a_subprocess():
