@@ -14,8 +14,10 @@ Numbers are never copied by hand: rerun the searches and this script, and the co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import tomllib
 from pathlib import Path
 
 from research import config
@@ -44,7 +46,7 @@ def _table(name: str, typ: str, params: dict, note: str) -> str:
 
 
 def _data(cfg) -> dict:
-    return {k: v for k, v in config.dataclasses.asdict(cfg.data).items() if v != getattr(config.DataConfig(), k)}
+    return {k: v for k, v in dataclasses.asdict(cfg.data).items() if v != getattr(config.DataConfig(), k)}
 
 
 def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: bool = True,
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     text = build(args.tune_configs, args.experiment, args.seeds, defaults=not args.no_defaults,
                  data_from=args.data_from, skip_defaults=tuple(args.skip_default))
-    config.from_dict(config.tomllib.loads(text))  # the written config must load
+    config.from_dict(tomllib.loads(text))  # the written config must load
     Path(args.out).write_text(text)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -259,14 +259,26 @@ class RunFolder:
 
 
 def save_npz(path: Path, arrays: dict) -> None:
-    """``np.savez`` to a temporary name and a rename; refuses object arrays (they would pickle)."""
-    bad = [k for k, v in arrays.items() if np.asarray(v).dtype == object]
+    """Write ``arrays`` as an ``.npz`` (readable by ``np.load(allow_pickle=False)``) to a temporary
+    name and rename it into place. Never pickles: an object array is a TypeError. Written entry by
+    entry rather than through ``np.savez``, whose keyword arguments clash with a key named ``file``.
+    The project's one atomic npz writer (run folders, models, Keras checkpoints)."""
+    import zipfile
+
+    bad = [k for k, v in arrays.items() if np.asanyarray(v).dtype.hasobject]
     if bad:
         raise TypeError(f"{path}: object arrays cannot be stored without pickle: {bad}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, arr in arrays.items():
+                with zf.open(key + ".npy", "w", force_zip64=True) as fh:
+                    np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def runs_root(results_dir: Path) -> Path:

@@ -45,6 +45,7 @@ import scipy.sparse as sp
 
 from research.data.interactions import Interactions, Meta
 from research.errors import AnimeRecError
+from research.results import save_npz
 
 MODEL_FILE = "model.json"
 ARRAYS_FILE = "arrays.npz"
@@ -171,7 +172,7 @@ class Recommender(Stateful):
         doc = {"format": FORMAT, **_encode_object(self, type(self).__name__, arrays)}
         if self.meta is not None:
             doc["n_users"], doc["n_items"] = int(self.meta.n_users), int(self.meta.n_items)
-        _write_npz(path / ARRAYS_FILE, arrays)
+        save_npz(path / ARRAYS_FILE, arrays)
         tmp = path / (MODEL_FILE + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1, allow_nan=False), encoding="utf-8")
         tmp.replace(path / MODEL_FILE)
@@ -425,16 +426,6 @@ def _encode_object(obj: Stateful, where: str, arrays: dict) -> dict:
             str(k): _encode(v, f"{where}.params.{k}", arrays) for k, v in params.items()}
     node["state"] = {k: _encode(v, f"{where}.{k}", arrays) for k, v in obj.state_dict().items()}
     return node
-
-
-def _write_npz(file: Path, arrays: dict) -> None:
-    """``np.savez`` without its keyword clashes (a key named ``file``) and never pickling."""
-    tmp = file.with_name(file.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, arr in arrays.items():
-            with zf.open(key + ".npy", "w", force_zip64=True) as fh:
-                np.lib.format.write_array(fh, np.asanyarray(arr), allow_pickle=False)
-    tmp.replace(file)
 
 
 class _Arrays:

@@ -118,11 +118,10 @@ class EASE(Recommender):
         """Bytes the fit needs at its peak for ``n_active`` items: the one n x n float32 buffer
         plus the larger of a Gram block (its sparse result, up to 8 B an entry plus scipy's
         intermediates, and its dense copy: 4 x ``block_mb`` at most) and the mirroring
-        temporaries (a block of rows, and a diagonal block's copy and mask). On the sample
-        (6,539 items) the traced peak was 260 MiB against an estimate of 419 MiB. ``nnz``: the
+        temporaries (a block of rows, and a diagonal block's copy and mask). ``nnz``: the
         interactions; the fit holds up to five sparse copies of them (CSR, CSC, the active-item
         slice, its transpose and CSC form: 8 bytes an entry each), which dominate at full MAL
-        size (``animerec bench autoencoders``: 4.7 GB peak for 56.7M interactions)."""
+        size (the measured peak: ``animerec bench autoencoders``, results/bench/autoencoders.json)."""
         n = int(n_active)
         gram_block = int(self.block_mb * 2**20) * 4
         mirror = _MIRROR_ROWS * n * 4 + 5 * _MIRROR_ROWS * _MIRROR_ROWS

@@ -62,6 +62,7 @@ from research.config import TrainConfig
 from research.data.interactions import Interactions, Meta
 from research.errors import ConfigError
 from research.models.base import Recommender
+from research.results import save_npz
 from research.seeding import child_seed, seed_everything
 
 _STATE_FILE = "keras_model.json"
@@ -211,7 +212,7 @@ class _EarlyStopping(tf.keras.callbacks.Callback):
             self.best, self.best_epoch, self.wait = value, epoch, 0
             self.best_weights = self.model.get_weights()
             if self.state_dir is not None:
-                _save_npz(self.state_dir / "best_weights.npz", {f"w{i}": w for i, w in enumerate(self.best_weights)})
+                save_npz(self.state_dir / "best_weights.npz", {f"w{i}": w for i, w in enumerate(self.best_weights)})
         else:
             self.wait += 1
             if self.wait >= self.patience:
@@ -229,12 +230,6 @@ class _EarlyStopping(tf.keras.callbacks.Callback):
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    tmp.replace(path)
-
-
-def _save_npz(path: Path, arrays: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
     tmp.replace(path)
 
 
@@ -510,8 +505,8 @@ class KerasRecommender(Recommender):
                  "n_users": self.meta.n_users, "n_items": self.meta.n_items,
                  "weight_names": [w.name for w in self.model.weights]}
         weights = self.model.get_weights()
-        _save_npz(path / _WEIGHTS_FILE, {f"w{i}": w for i, w in enumerate(weights)})
-        _save_npz(path / _ARRAYS_FILE, arrays)
+        save_npz(path / _WEIGHTS_FILE, {f"w{i}": w for i, w in enumerate(weights)})
+        save_npz(path / _ARRAYS_FILE, arrays)
         _write_json(path / _STATE_FILE, state)
 
     @classmethod
