@@ -133,6 +133,24 @@ def test_recommendernet_numpy_inference_matches_keras(recnet, split):
     np.testing.assert_allclose(recnet.predict(u, i), lo + keras_out * (hi - lo), atol=1e-4)
 
 
+def test_recommendernet_dropout_and_l2(split):
+    """The tuning knobs: L2 adds the embedding penalty to the loss, dropout is off at inference,
+    so the numpy inference still equals the Keras graph."""
+    import tensorflow as tf
+
+    from research.models.keras.recommendernet import RecommenderNet
+
+    m = RecommenderNet(dim=8, min_user_rows=12, batch_size=64, start_lr=5e-3, max_lr=2e-2, min_lr=5e-3,
+                       epochs=2, dropout=0.3, l2=1e-3, seed=1).fit(split.train, split.val)
+    assert len(m.model.losses) == 2  # one L2 term per embedding table
+    rows = np.flatnonzero(m.fit_state["kept_users"][split.test.user] & m.fit_state["trained_items"][split.test.item])
+    u, i = split.test.user[rows], split.test.item[rows]
+    keras_out = m.model({"user": tf.constant(u), "item": tf.constant(i)}, training=False).numpy()
+    np.testing.assert_allclose(m.predict_scaled(u, i), keras_out, atol=1e-5)
+    with pytest.raises(Exception, match="dropout"):
+        RecommenderNet(dropout=1.0)
+
+
 def test_recommendernet_filtered_users_fall_back(split):
     from research.models.keras.recommendernet import RecommenderNet
 

@@ -82,6 +82,20 @@ def test_predict_equals_surprise(name, fitted, split):
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("similarity", ["pearson", "msd", "cosine"])
+def test_knnbaseline_similarities_equal_surprise(similarity, split):
+    """The vectorised neighbourhood estimate holds for every similarity the tuner searches."""
+    m = registry.build("surprise_knnbaseline", {"k": 5, "similarity": similarity}, seed=0).fit(split.train)
+    users, items = split.test.user[:60], split.test.item[:60]
+    theirs = np.array([m.algo.predict(int(u), int(i)).est for u, i in zip(users, items)])
+    np.testing.assert_allclose(m.predict(users, items), theirs, rtol=0, atol=1e-9)
+
+
+def test_knnbaseline_rejects_unknown_similarity():
+    with pytest.raises(Exception, match="similarity must be one of"):
+        registry.build("surprise_knnbaseline", {"similarity": "jaccard"}, seed=0)
+
+
 @pytest.mark.parametrize("name", ["surprise_svd", "surprise_knnbaseline"])
 def test_score_is_unclipped_estimate(name, fitted, split):
     """score(u)[i] equals the unclipped per-pair estimate (ranking uses it); where the library's

@@ -213,9 +213,13 @@ class SurpriseSVDpp(_SurpriseFactors):
         return np.asarray(a.pu, dtype=np.float64) + implicit_sum
 
 
+#: Surprise 1.1.5's similarity measures (``sim_options["name"]``)
+KNN_SIMILARITIES = ("pearson_baseline", "pearson", "msd", "cosine")
+
+
 class SurpriseKNNBaseline(_SurpriseBase):
-    """Surprise's ``KNNBaseline``, item-based with ``pearson_baseline`` similarity (Surprise's
-    recommended setting for this algorithm); k, min_k and the ALS baseline options are
+    """Surprise's ``KNNBaseline``, item-based, by default with ``pearson_baseline`` similarity
+    (Surprise's recommended setting for this algorithm); k, min_k and the ALS baseline options are
     Surprise 1.1.5's defaults.
 
     r̂(u, i) = b_ui + Σ_{j ∈ N^k_u(i), sim>0} sim(i, j)(r_uj − b_uj) / Σ sim(i, j), where N^k_u(i)
@@ -224,22 +228,28 @@ class SurpriseKNNBaseline(_SurpriseBase):
 
     Args:
         k: max neighbours. min_k: fewer positive neighbours -> baseline only.
-        shrinkage: pearson_baseline shrinkage (Surprise default 100).
+        shrinkage: pearson_baseline shrinkage (Surprise default 100; the other similarities
+            have none).
+        similarity: Surprise's item-item similarity, one of ``KNN_SIMILARITIES`` (searched by
+            ``tune_surprise_knnbaseline.toml``).
         use_validation: fit on train + validation (see the module docstring).
         seed: unused (the algorithm is deterministic); kept for the common signature.
     """
 
-    def __init__(self, k: int = 40, min_k: int = 1, shrinkage: int = 100, use_validation: bool = False,
-                 seed: int = 0):
+    def __init__(self, k: int = 40, min_k: int = 1, shrinkage: int = 100,
+                 similarity: str = "pearson_baseline", use_validation: bool = False, seed: int = 0):
         super().__init__(seed)
+        if similarity not in KNN_SIMILARITIES:
+            raise ValueError(f"similarity must be one of {', '.join(KNN_SIMILARITIES)}, got {similarity!r}")
         self.use_validation = bool(use_validation)
         self.k, self.min_k, self.shrinkage = int(k), int(min_k), int(shrinkage)
+        self.similarity = similarity
 
     def _make_algo(self):
         from surprise import KNNBaseline
 
         return KNNBaseline(k=self.k, min_k=self.min_k, verbose=False,
-                           sim_options={"name": "pearson_baseline", "user_based": False,
+                           sim_options={"name": self.similarity, "user_based": False,
                                         "shrinkage": self.shrinkage})
 
     def _after_fit(self, trainset) -> None:

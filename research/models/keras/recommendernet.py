@@ -73,11 +73,16 @@ def minmax_unscale(s: np.ndarray, lo: float, hi: float) -> np.ndarray:
 class _RecommenderNetModel(TFRSModel):
     """The study's Keras graph: cosine of two embeddings -> Dense(1) -> BatchNorm -> sigmoid."""
 
-    def __init__(self, n_users: int, n_items: int, dim: int):
+    def __init__(self, n_users: int, n_items: int, dim: int, dropout: float = 0.0, l2: float = 0.0):
         super().__init__()
-        # the study's layers (names as in its notebook); default uniform(-0.05, 0.05) init
-        self.user_embedding = tf.keras.layers.Embedding(n_users, dim, name="user_embedding")
-        self.anime_embedding = tf.keras.layers.Embedding(n_items, dim, name="anime_embedding")
+        # the study's layers (names as in its notebook); default uniform(-0.05, 0.05) init. The
+        # study had neither dropout nor L2: both are 0 by default and exist for tune_recommendernet.
+        reg = tf.keras.regularizers.L2(l2) if l2 > 0 else None
+        self.user_embedding = tf.keras.layers.Embedding(n_users, dim, embeddings_regularizer=reg,
+                                                        name="user_embedding")
+        self.anime_embedding = tf.keras.layers.Embedding(n_items, dim, embeddings_regularizer=reg,
+                                                         name="anime_embedding")
+        self.dropout = tf.keras.layers.Dropout(dropout) if dropout > 0 else None
         self.dot = tf.keras.layers.Dot(axes=1, normalize=True, name="dot_product")
         self.dense = tf.keras.layers.Dense(1, kernel_initializer="he_normal", name="dense")
         self.bn = tf.keras.layers.BatchNormalization(name="batch_norm")
@@ -88,6 +93,8 @@ class _RecommenderNetModel(TFRSModel):
     def call(self, inputs, training=False):
         u = self.user_embedding(inputs["user"])
         i = self.anime_embedding(inputs["item"])
+        if self.dropout is not None:
+            u, i = self.dropout(u, training=training), self.dropout(i, training=training)
         x = self.bn(self.dense(self.dot([u, i])), training=training)
         return tf.squeeze(tf.sigmoid(x), -1)
 
@@ -105,6 +112,9 @@ class RecommenderNet(KerasRecommender):
             the mean rating and the popularity list (the study: 400).
         start_lr, max_lr, min_lr, rampup_epochs, sustain_epochs, exp_decay: the learning-rate
             schedule (``study_learning_rate``); the study's values are the defaults.
+        dropout: dropout rate on both embeddings while training (the study: none, 0).
+        l2: Keras L2 penalty on both embedding tables (the study: none, 0). Both exist so that
+            ``tune_recommendernet.toml`` can look for this network's peak.
         epochs: maximum epochs (the study: 20).
         batch_size: the study: 10,000.
         patience: early-stopping patience on validation loss (the study: 3).
@@ -127,7 +137,7 @@ class RecommenderNet(KerasRecommender):
 
     def __init__(self, dim: int = 128, min_user_rows: int = 400, start_lr: float = 1e-5,
                  max_lr: float = 5e-5, min_lr: float = 1e-5, rampup_epochs: int = 5, sustain_epochs: int = 0,
-                 exp_decay: float = 0.8, seed: int = 0, **train):
+                 exp_decay: float = 0.8, dropout: float = 0.0, l2: float = 0.0, seed: int = 0, **train):
         super().__init__(seed=seed, **train)
         if int(dim) < 1:
             raise ConfigError(f"dim must be >= 1, got {dim}")
@@ -136,6 +146,9 @@ class RecommenderNet(KerasRecommender):
         if min(start_lr, max_lr, min_lr) <= 0 or not 0 < exp_decay <= 1 or int(rampup_epochs) < 0 \
                 or int(sustain_epochs) < 0:
             raise ConfigError("learning rates must be > 0, exp_decay in (0, 1], rampup/sustain epochs >= 0")
+        if not 0 <= float(dropout) < 1 or float(l2) < 0:
+            raise ConfigError(f"dropout must be in [0, 1) and l2 >= 0, got {dropout}, {l2}")
+        self.dropout, self.l2 = float(dropout), float(l2)
         self.dim = int(dim)
         self.min_user_rows = int(min_user_rows)
         self.start_lr, self.max_lr, self.min_lr = float(start_lr), float(max_lr), float(min_lr)
@@ -188,7 +201,7 @@ class RecommenderNet(KerasRecommender):
         return opt
 
     def build_model(self):
-        return _RecommenderNetModel(self.meta.n_users, self.meta.n_items, self.dim)
+        return _RecommenderNetModel(self.meta.n_users, self.meta.n_items, self.dim, self.dropout, self.l2)
 
     def after_fit(self) -> None:
         m = self.model
