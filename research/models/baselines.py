@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from research.data.interactions import Interactions
-from research.models.base import Recommender
+from research.models.base import History, Recommender
 
 
 class GlobalMean(Recommender):
@@ -25,6 +25,11 @@ class GlobalMean(Recommender):
 
     def predict(self, users, items):
         return np.full(len(users), self.mu)
+
+    def score_history(self, history: History) -> np.ndarray:
+        """The mean for everyone, as ``score`` (exact)."""
+        history = self.check_history(history)
+        return np.full((len(history), self.meta.n_items), self.mu)
 
 
 class Bias(Recommender):
@@ -69,6 +74,25 @@ class Bias(Recommender):
     def score(self, users):
         return np.broadcast_to(self.bi, (len(users), len(self.bi)))
 
+    def user_bias(self, history: History) -> np.ndarray:
+        """Fold-in of the user bias: b_u = Σ_i (r − μ − b_i) / (n_u + user_damping) over the
+        history's explicit ratings, with μ and b_i fixed. The fit's last step is this same update
+        from the final b_i, so a training user's own training ratings give back their fitted b_u
+        (up to float summation order; a history keeps one row per anime where the fit would
+        count a repeated (user, anime) rating twice)."""
+        history = self.check_history(history)
+        h = history.rated
+        row = np.repeat(np.arange(len(history)), np.diff(h.indptr))
+        r = h.data.astype(np.float64)
+        n_u = np.diff(h.indptr)
+        return np.bincount(row, r - self.mu - self.bi[h.indices], len(history)) / (n_u + self.user_damping)
+
+    def score_history(self, history: History) -> np.ndarray:
+        """b_i for everyone, as ``score`` (exact: the ranking does not depend on b_u; ``user_bias``
+        folds that in for rating-based uses)."""
+        history = self.check_history(history)
+        return np.broadcast_to(self.bi, (len(history), len(self.bi)))
+
 
 class Popularity(Recommender):
     """Ranks items by their number of training interactions (rated or not). No ratings."""
@@ -80,3 +104,8 @@ class Popularity(Recommender):
 
     def score(self, users):
         return np.broadcast_to(self.counts, (len(users), len(self.counts)))
+
+    def score_history(self, history: History) -> np.ndarray:
+        """The training counts for everyone, as ``score`` (exact)."""
+        history = self.check_history(history)
+        return np.broadcast_to(self.counts, (len(history), len(self.counts)))

@@ -19,6 +19,14 @@ share; ``"rating"`` by the damped cluster-mean rating ``(Σ_c r + d · m_i) / (n
 ``m_i`` is the item mean damped towards the global mean. ``predict`` is the latter plus the user's
 damped mean offset from their cluster's means (a cluster-mean rating model with a user bias, so
 ``predicts_ratings`` is True).
+
+Fold-in (``score_history``): a history's taste vector is built as the fit builds a user's (the
+same genre shares or centred means; the SVD part as ``TruncatedSVD.transform``, the history times
+the fitted components; the fit's column standardisation), and the user is scored as the member
+of the nearest centroid. A training user's own history gives back their taste vector exactly:
+scikit-learn 1.9's randomized ``TruncatedSVD.fit_transform`` itself returns X·Vᵀ, not U·Σ, and
+K-means' final labels are the nearest centroids of the final centres, so the cluster (and
+``score``) agree too, barring an exact tie between two centroids.
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import scipy.sparse as sp
 from research.data.interactions import Interactions
 from research.errors import ConfigError
 from research.eval import metrics as M
-from research.models.base import Recommender, Stateful
+from research.models.base import History, NotSupported, Recommender, Stateful
 
 FEATURES = ("genre", "svd")
 
@@ -68,22 +76,30 @@ def taste_vectors(train: Interactions, features=("genre", "svd"), genre_taste: s
         svd_implicit: value added to every interaction in the SVD input.
         seed: TruncatedSVD's random_state.
     """
+    return _taste(train.user, train.item, train.rating, train.n_users, train.n_items, train.meta.item_table,
+                  features, genre_taste, svd_components, svd_implicit, seed)[0]
+
+
+def _taste(user, item, rating, n_u: int, n_i: int, table, features, genre_taste: str, svd_components: int,
+           svd_implicit: float, seed: int, svd: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """``taste_vectors`` of rows (user, item, rating with NaN = unrated), and the SVD components
+    used: fitted here when ``svd`` is None, else ``svd`` (components x items, 0 rows = no SVD
+    part) applied as ``TruncatedSVD.transform`` does (fold-in)."""
     features = _as_features(features)
-    n_u, n_i = train.n_users, train.n_items
-    r = train.rating.astype(np.float64)
+    r = rating.astype(np.float64)
     rated = ~np.isnan(r)
-    sums = np.bincount(train.user[rated], r[rated], n_u)
-    cnt = np.bincount(train.user[rated], minlength=n_u)
+    sums = np.bincount(user[rated], r[rated], n_u)
+    cnt = np.bincount(user[rated], minlength=n_u)
     mean = np.divide(sums, cnt, out=np.zeros(n_u), where=cnt > 0)
-    centred = np.where(rated, np.nan_to_num(r) - mean[train.user], 0.0)
+    centred = np.where(rated, np.nan_to_num(r) - mean[user], 0.0)
     # duplicate (user, item) rows: the last one wins, as in Interactions.to_csr
-    key = train.user.astype(np.int64) * n_i + train.item
+    key = user.astype(np.int64) * n_i + item
     _, last = np.unique(key[::-1], return_index=True)
     keep = len(key) - 1 - last
-    u, i = train.user[keep], train.item[keep]
+    u, i = user[keep], item[keep]
     parts = []
+    components = None
     if "genre" in features:
-        table = train.meta.item_table
         if table is None or "genres" not in table:
             raise ConfigError("kmeans with features 'genre' needs a catalogue with genres "
                               "(or set features = [\"svd\"])")
@@ -105,17 +121,30 @@ def taste_vectors(train: Interactions, features=("genre", "svd"), genre_taste: s
         from sklearn.decomposition import TruncatedSVD
 
         x = sp.csr_matrix((centred[keep] + svd_implicit, (u, i)), shape=(n_u, n_i))
-        dim = int(min(svd_components, min(x.shape) - 1))
-        if dim >= 1:
-            parts.append(TruncatedSVD(dim, random_state=seed).fit_transform(x))
-    return np.hstack(parts) if parts else np.zeros((n_u, 0))
+        if svd is None:
+            dim = int(min(svd_components, min(x.shape) - 1))
+            components = np.zeros((0, n_i))
+            if dim >= 1:
+                est = TruncatedSVD(dim, random_state=seed)
+                parts.append(est.fit_transform(x))
+                components = est.components_
+        else:
+            components = np.asarray(svd)
+            if len(components):
+                parts.append(np.asarray(x @ components.T))
+    return (np.hstack(parts) if parts else np.zeros((n_u, 0))), components
 
 
 def _standardise(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Columns scaled to mean 0, std 1 over ``rows`` (constant columns are only centred)."""
-    mu = x[rows].mean(axis=0)
+    mu, scale = _column_stats(x, rows)
+    return (x - mu) / scale
+
+
+def _column_stats(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The column means over ``rows`` and the divisor ``_standardise`` uses (std, 1 if 0)."""
     sd = x[rows].std(axis=0)
-    return (x - mu) / np.where(sd > 0, sd, 1.0)
+    return x[rows].mean(axis=0), np.where(sd > 0, sd, 1.0)
 
 
 def _one_thread():
@@ -186,10 +215,13 @@ class KMeansUsers(Recommender):
 
         self.meta = train.meta
         n_u, n_i = train.n_users, train.n_items
-        raw = taste_vectors(train, self.features, self.genre_taste, self.svd_components,
-                            self.svd_implicit, self.seed)
+        raw, self.svd_components_ = _taste(
+            train.user, train.item, train.rating, n_u, n_i, train.meta.item_table, self.features,
+            self.genre_taste, self.svd_components, self.svd_implicit, self.seed)
         self.active_ = np.unique(train.user)
-        x = _standardise(raw, self.active_)
+        # kept for fold-in: the standardisation of the taste columns
+        self.taste_mean_, self.taste_scale_ = _column_stats(raw, self.active_)
+        x = (raw - self.taste_mean_) / self.taste_scale_
         x[np.setdiff1d(np.arange(n_u), self.active_)] = 0.0  # unclustered users: no taste
         self.taste_ = x
         k = min(self.n_clusters, len(self.active_))
@@ -233,6 +265,34 @@ class KMeansUsers(Recommender):
 
     def score(self, users) -> np.ndarray:
         lab = self.labels_[np.asarray(users, dtype=np.int64)]
+        table = self.pop_ if self.rank_by == "popularity" else self.cluster_mean_
+        fallback = self.global_pop_ if self.rank_by == "popularity" else self.item_mean_
+        return np.where((lab >= 0)[:, None], table[np.maximum(lab, 0)], fallback[None, :])
+
+    def history_labels(self, history: History) -> np.ndarray:
+        """The cluster of each history: the nearest centroid (squared Euclidean, as K-means
+        assigns) of its standardised taste vector; -1 for an empty history (as an unclustered
+        user)."""
+        history = self.check_history(history)
+        if not hasattr(self, "taste_mean_"):
+            raise NotSupported("KMeansUsers saved before fold-in existed keeps no taste "
+                               "standardisation: refit it")
+        row, item, rating = history.triples()
+        raw, _ = _taste(row, item, rating, len(history), history.n_items, self.meta.item_table,
+                        self.features, self.genre_taste, self.svd_components, self.svd_implicit,
+                        self.seed, svd=self.svd_components_ if self.svd_components_ is not None
+                        else np.zeros((0, history.n_items)))
+        x = (raw - self.taste_mean_) / self.taste_scale_
+        c = self.km_.cluster_centers_
+        d = (x * x).sum(axis=1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(axis=1)[None, :]
+        lab = np.argmin(d, axis=1).astype(np.int64)
+        lab[np.diff(history.seen.indptr) == 0] = -1
+        return lab
+
+    def score_history(self, history: History) -> np.ndarray:
+        """Each history scored as a member of its nearest cluster (``history_labels``), as
+        ``score`` scores a fitted member; an empty history gets the global fallback."""
+        lab = self.history_labels(history)
         table = self.pop_ if self.rank_by == "popularity" else self.cluster_mean_
         fallback = self.global_pop_ if self.rank_by == "popularity" else self.item_mean_
         return np.where((lab >= 0)[:, None], table[np.maximum(lab, 0)], fallback[None, :])

@@ -9,7 +9,8 @@ Anime without any side feature get a zero vector (similarity 0 to everything).
 
 A user's profile is the sum of the vectors of the anime in their training history, each weighted
 by the user's mean-centred rating plus ``implicit_weight`` (an unrated "watched" anime weighs
-``implicit_weight``); ``score(u) = profile(u) · item_vector``.
+``implicit_weight``); ``score(u) = profile(u) · item_vector``. Fold-in (``score_history``) builds
+the profile of a ``History`` the same way, so a training user's own history gives back ``score``.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import scipy.sparse as sp
 
 from research.data.interactions import Interactions
 from research.errors import ConfigError
-from research.models.base import Recommender
+from research.models.base import History, Recommender
 
 BLOCKS = ("genres", "type", "studios", "source", "synopsis")
 
@@ -123,20 +124,32 @@ class ContentBased(Recommender):
                               "(set data.catalogue, or use a source that has anime.csv)")
         self.features_ = item_features(train.meta.item_table, self.weights, self.max_features, self.min_df)
         # the user x item weight matrix of the profiles: centred rating + implicit_weight
-        r = train.rating.astype(np.float64)
-        rated = ~np.isnan(r)
-        sums = np.bincount(train.user[rated], r[rated], train.n_users)
-        cnt = np.bincount(train.user[rated], minlength=train.n_users)
-        mean = np.divide(sums, cnt, out=np.zeros(train.n_users), where=cnt > 0)
-        w = np.where(rated, np.nan_to_num(r) - mean[train.user], 0.0) + self.implicit_weight
-        # the last row of a duplicated (user, item) pair wins, as in Interactions.to_csr
-        key = train.user.astype(np.int64) * train.n_items + train.item
-        _, last = np.unique(key[::-1], return_index=True)
-        keep = len(key) - 1 - last
-        self.weights_ = sp.csr_matrix((w[keep], (train.user[keep], train.item[keep])),
-                                      shape=(train.n_users, train.n_items))
+        self.weights_ = self._profile_weights(train.user, train.item, train.rating, train.n_users, train.n_items)
         self.profiles_ = sp.csr_matrix(self.weights_ @ self.features_)
         return self
+
+    def _profile_weights(self, user, item, rating, n_users: int, n_items: int) -> sp.csr_matrix:
+        """The users x items weights of the profiles: each row's mean-centred rating (0 where
+        unrated) + ``implicit_weight``."""
+        r = rating.astype(np.float64)
+        rated = ~np.isnan(r)
+        sums = np.bincount(user[rated], r[rated], n_users)
+        cnt = np.bincount(user[rated], minlength=n_users)
+        mean = np.divide(sums, cnt, out=np.zeros(n_users), where=cnt > 0)
+        w = np.where(rated, np.nan_to_num(r) - mean[user], 0.0) + self.implicit_weight
+        # the last row of a duplicated (user, item) pair wins, as in Interactions.to_csr
+        key = user.astype(np.int64) * n_items + item
+        _, last = np.unique(key[::-1], return_index=True)
+        keep = len(key) - 1 - last
+        return sp.csr_matrix((w[keep], (user[keep], item[keep])), shape=(n_users, n_items))
+
+    def score_history(self, history: History) -> np.ndarray:
+        """The profile of each history (built as the fit builds a user's) against every item."""
+        history = self.check_history(history)
+        row, item, rating = history.triples()
+        w = self._profile_weights(row, item, rating, len(history), history.n_items)
+        profiles = sp.csr_matrix(w @ self.features_)
+        return np.asarray((profiles @ self.features_.T).toarray(), dtype=np.float64)
 
     def score(self, users) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)

@@ -46,6 +46,10 @@ Decisions (and why):
   the row is the one the recommender itself applies. Only active items are returned, never the
   query. A query with no interaction has, exactly, a zero row: every similarity is 0, and the k
   items returned (the contract wants k of them) are the most interacted-with, as a tie-break.
+- **Fold-in** (``score_history``): a history weighted as the fit weights a user (binary, or
+  rating / 1), restricted to the active items, times B, then the same fill for inactive items:
+  for a fitted user's own history, exactly ``score``. Anime outside the active set (no training
+  interaction) contribute nothing, as their rows of the exact solution are zero.
 - **explain(user, item)**: the terms ``x_uj B_ji`` of the score, largest first; they sum (over
   the whole history) to the score.
 - **Persistence**: every fitted attribute is a numpy array (``B``, ``active``, ``position``,
@@ -66,7 +70,7 @@ from scipy.linalg import lapack
 from research.data.interactions import Interactions
 from research.data.sources import available_memory, human_bytes
 from research.errors import ConfigError, ResourceError
-from research.models.base import NotSupported, Recommender, top_k
+from research.models.base import History, NotSupported, Recommender, top_k
 
 WEIGHTINGS = ("binary", "rating")
 _MIRROR_ROWS = 1024  # rows per block when mirroring the triangle (a temporary of rows x n floats)
@@ -201,8 +205,23 @@ class EASE(Recommender):
     # ---- scoring ------------------------------------------------------------------------
     def score(self, users) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
-        s = np.asarray(self.history[users] @ self.B, dtype=np.float32)
-        out = np.empty((len(users), self.n_items), dtype=np.float32)
+        return self._scores(self.history[users])
+
+    def score_history(self, history: History) -> np.ndarray:
+        """``x B`` for each history, ``x`` weighted as the fit weights a user and mapped onto the
+        active items (see the module docstring); exact for a fitted user's own history."""
+        history = self.check_history(history)
+        x = history.seen
+        if self.weighting == "rating":
+            x = x.maximum(history.rated).tocsr()  # rating where rated, 1 where not (as _matrix)
+        x = x.astype(np.float32)[:, self.active].tocsr()
+        x.sort_indices()
+        return self._scores(x)
+
+    def _scores(self, x: sp.csr_matrix) -> np.ndarray:
+        """Rows ``x`` (over the active items) times B; inactive items below every active one."""
+        s = np.asarray(x @ self.B, dtype=np.float32)
+        out = np.empty((x.shape[0], self.n_items), dtype=np.float32)
         if s.shape[1]:
             lo = s.min(axis=1, keepdims=True)
             out[:] = lo - np.maximum(np.float32(1.0), np.abs(lo))  # below every active item

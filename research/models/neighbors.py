@@ -18,6 +18,12 @@ Both models share one machinery:
 - **Ranking** (``score``): item-kNN multiplies the user's history (binary interactions, or
   baseline-centred ratings) by the pruned similarity matrix; user-kNN sums the neighbours'
   histories weighted by similarity.
+- **Fold-in** (``score_history``): the same products for a user given only by a ``History``.
+  Item-kNN: the history (binary, or centred by the baseline with the user bias folded in by
+  ``Bias.user_bias``) times the pruned similarity. User-kNN: the history centred as the fit
+  centres a user, its similarity (same cosine, shrinkage and top-k pruning) to every training
+  user, then the neighbours' histories; a row marked as a model user leaves that user out of its
+  own neighbours, so a training user's own history gives back ``score``.
 
 Similarity kinds (``similarity``), the centring applied to each rating before the cosine:
 
@@ -47,7 +53,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from research.data.interactions import Interactions
-from research.models.base import Recommender, Stateful, top_k
+from research.models.base import History, NotSupported, Recommender, Stateful, top_k
 from research.models.baselines import Bias
 
 SIMILARITIES = ("adjusted_cosine", "pearson", "baseline", "cosine", "binary")
@@ -111,15 +117,27 @@ class SimilarityRows(Stateful):
 
     def _compact_rows(self, rows) -> np.ndarray:
         """Dense (len(rows), n_active) similarities of compact rows to every active row."""
-        num = (self.a[rows] @ self.at).toarray()
-        nr = self.norms[rows]
+        return self._similarities(self.a[rows], self.norms[rows],
+                                  self.p[rows] if self.shrinkage > 0 else None)
+
+    def query(self, values: sp.csr_matrix) -> np.ndarray:
+        """Dense (m, n_active) similarities of new rows (m x features, centred as the fitted rows
+        were; the structure is the "rated" pattern) to every active row, computed as for them."""
+        q = sp.csr_matrix(values, dtype=np.float32)
+        q.sort_indices()
+        norms = np.sqrt(np.asarray(q.multiply(q).sum(axis=1)).ravel()).astype(np.float32)
+        return self._similarities(q, norms, _with_data(q, np.ones(q.nnz)) if self.shrinkage > 0 else None)
+
+    def _similarities(self, a_rows: sp.csr_matrix, nr: np.ndarray, p_rows) -> np.ndarray:
+        """Shrunk cosine of rows ``a_rows`` (norms ``nr``, pattern ``p_rows``) to every active row."""
+        num = (a_rows @ self.at).toarray()
         with np.errstate(divide="ignore", invalid="ignore"):
             inv_r = np.where(nr > 0, 1.0 / nr, 0.0).astype(np.float32)
             inv_c = np.where(self.norms > 0, 1.0 / self.norms, 0.0).astype(np.float32)
         num *= inv_r[:, None]
         num *= inv_c[None, :]
         if self.shrinkage > 0:
-            cnt = (self.p[rows] @ self.pt).toarray()
+            cnt = (p_rows @ self.pt).toarray()
             num *= cnt / (cnt + np.float32(self.shrinkage))
         return num
 
@@ -145,14 +163,7 @@ class SimilarityRows(Stateful):
             b = min(a + step, m)
             sims = self._compact_rows(slice(a, b))
             sims[np.arange(b - a), np.arange(a, b)] = -np.inf  # never one's own neighbour
-            if k == 0:
-                return np.zeros(b - a, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-            idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            val = np.take_along_axis(sims, idx, axis=1)
-            keep = val > 0  # only positive neighbours: a negative weight is not a neighbour
-            order = np.argsort(idx, axis=1, kind="stable")  # canonical CSR: sorted column indices
-            idx, val, keep = (np.take_along_axis(x, order, axis=1) for x in (idx, val, keep))
-            return keep.sum(axis=1), idx[keep], val[keep].astype(np.float32)
+            return _prune(sims, k)
 
         if n_jobs > 1 and len(starts) > 1:
             with ThreadPoolExecutor(n_jobs) as pool:
@@ -171,12 +182,45 @@ class SimilarityRows(Stateful):
         # mapped column indices stay sorted within each row
         return sp.csr_matrix((data, indices, indptr), shape=(self.n, self.n))
 
+    def query_top_k(self, values: sp.csr_matrix, k: int, exclude: np.ndarray | None = None) -> sp.csr_matrix:
+        """(m x n) similarities of new rows to every row, pruned as ``top_k`` prunes a fitted
+        row (same ``k`` cap, positive entries only). ``exclude[r]``: a row index that new row r
+        may not have as a neighbour (itself, when it is a fitted row), or -1."""
+        m_rows, m = values.shape[0], len(self.active)
+        k = int(min(k, max(m - 1, 0)))
+        sims = self.query(values)
+        if exclude is not None:
+            pos = self.position[np.maximum(exclude, 0)]
+            ok = (np.asarray(exclude) >= 0) & (pos >= 0)
+            sims[np.flatnonzero(ok), pos[ok]] = -np.inf
+        counts = np.zeros(m_rows, dtype=np.int64)
+        if m_rows and m:
+            counts, idx, data = _prune(sims, k)
+            indices = self.active[idx].astype(np.int32)
+        else:
+            indices, data = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        return sp.csr_matrix((data, indices, indptr), shape=(m_rows, self.n))
+
     def nearest(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact (unpruned) top-``k`` most similar rows to each query row, the query excluded."""
         query = np.asarray(query, dtype=np.int64)
         sims = self.rows(query).astype(np.float64)
         sims[np.arange(len(query)), query] = -np.inf
         return top_k(sims, k)
+
+
+def _prune(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``k`` largest positive entries of a dense block: (kept per row, their column
+    indices in row order, sorted within a row, and their float32 values)."""
+    if k == 0:
+        return np.zeros(len(sims), np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    val = np.take_along_axis(sims, idx, axis=1)
+    keep = val > 0  # only positive neighbours: a negative weight is not a neighbour
+    order = np.argsort(idx, axis=1, kind="stable")  # canonical CSR: sorted column indices
+    idx, val, keep = (np.take_along_axis(x, order, axis=1) for x in (idx, val, keep))
+    return keep.sum(axis=1), idx[keep], val[keep].astype(np.float32)
 
 
 def _pairwise_rows(left: sp.csr_matrix, right: sp.csr_matrix) -> np.ndarray:
@@ -282,6 +326,20 @@ class _KNN(Recommender):
     def _history(self, users: np.ndarray) -> sp.csr_matrix:
         return self.ones[users] if self.history == "binary" else self.resid[users]
 
+    # ---- fold-in ------------------------------------------------------------------------
+    def _history_resid(self, history: History) -> sp.csr_matrix:
+        """Baseline residuals r − (μ + b_u + b_i) of the history's ratings, b_u folded in by
+        ``Bias.user_bias`` (the structure is the rated pattern, as ``resid``)."""
+        h = history.rated
+        row = np.repeat(np.arange(len(history)), np.diff(h.indptr))
+        b = self.baseline
+        base = b.mu + self.baseline.user_bias(history)[row] + b.bi[h.indices]
+        return _with_data(h, h.data - base)
+
+    def _history_rows(self, history: History) -> sp.csr_matrix:
+        """What ``_history`` gives a fitted user, for history rows."""
+        return history.seen.copy() if self.history == "binary" else self._history_resid(history)
+
 
 class ItemKNN(_KNN):
     """Item-based kNN (Sarwar et al. 2001; Koren's KNNBaseline for ratings).
@@ -324,6 +382,13 @@ class ItemKNN(_KNN):
         users = np.asarray(users, dtype=np.int64)
         return np.asarray((self._history(users) @ self.sim_.T).toarray(), dtype=np.float64)
 
+    def score_history(self, history: History) -> np.ndarray:
+        """The history (binary, or baseline-centred with the user bias folded in) times the pruned
+        similarity, as ``score``: exact for a fitted user's own history ("binary"; "centred" up to
+        float rounding of the folded-in user bias)."""
+        history = self.check_history(history)
+        return np.asarray((self._history_rows(history) @ self.sim_.T).toarray(), dtype=np.float64)
+
     def similar_items(self, items, k: int = 10):
         """The ``k`` most similar items by the model's (shrunk, unpruned) similarity."""
         return self.sim_rows_.nearest(np.asarray(items), k)
@@ -360,6 +425,8 @@ class UserKNN(_KNN):
 
     def fit(self, train, val=None) -> "UserKNN":
         super().fit(train, val)
+        # the item means the "adjusted_cosine" centring subtracts, kept for fold-in
+        self.item_mean_ = row_means(train.to_csr("rating").T.tocsr())
         self._transposes()
         return self
 
@@ -379,6 +446,39 @@ class UserKNN(_KNN):
     def score(self, users) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
         return np.asarray((self.sim_[users] @ self.history_all).toarray(), dtype=np.float64)
+
+    def _history_values(self, history: History) -> sp.csr_matrix:
+        """The history rows centred as the fit centres a user's row (see the module table)."""
+        s = self.similarity
+        h = history.rated
+        if s == "binary":
+            return history.seen.copy()
+        if s == "cosine":
+            return h.copy()
+        if s == "baseline":
+            return self._history_resid(history)
+        row = np.repeat(np.arange(len(history)), np.diff(h.indptr))
+        if s == "pearson":  # user-kNN's pearson centres by the user's own mean
+            return _with_data(h, h.data - row_means(h)[row])
+        item_mean = getattr(self, "item_mean_", None)  # adjusted_cosine: the training item means
+        if item_mean is None:
+            raise NotSupported("UserKNN saved before fold-in existed has no item means for "
+                               "adjusted_cosine: refit it")
+        return _with_data(h, h.data - item_mean[h.indices])
+
+    def score_history(self, history: History) -> np.ndarray:
+        """Similarity of each history to every training user (the fit's centring, shrunk cosine
+        and top-k pruning), then the neighbours' histories weighted by it, as ``score``. A row
+        marked as a model user never has that user as a neighbour, so a fitted user's own
+        history gives back ``score`` (float32 similarities, same operations)."""
+        history = self.check_history(history)
+        values = self._history_values(history)
+        step = _block_rows(len(self.sim_rows_.active), self.block_mb)  # one dense block at a time
+        out = np.zeros((len(history), self.history_all.shape[1]))
+        for a in range(0, len(history), step):
+            sims = self.sim_rows_.query_top_k(values[a:a + step], self.k, history.model_users[a:a + step])
+            out[a:a + step] = (sims @ self.history_all).toarray()
+        return out
 
     def similar_users(self, users, k: int = 10):
         """The ``k`` most similar users by the model's (shrunk, unpruned) similarity."""

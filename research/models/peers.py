@@ -20,6 +20,11 @@ applied to the fitted arrays (``bu, bi, pu, qi[, yj]``; KNNBaseline's similarity
 same handling of unknown users/items and the same clipping to the rating scale. Tests compare
 against ``algo.predict`` pair by pair.
 
+Fold-in (``score_history``): implicit ALS only, by the library's own ``recalculate_user`` (the
+least-squares user step with the item factors fixed). The Surprise models and BPR raise
+``NotSupported``: their user side comes from SGD over the user's ratings (SVD, SVD++, BPR) or from
+the ALS baselines of the whole fit (KNNBaseline's b_u), so no cheap step reproduces it.
+
 Persistence: those fitted arrays are all a model needs, so every peer saves data only (the base
 class' ``model.json`` + ``arrays.npz``); the library's own object (``algo``, which could only be
 pickled) is not saved and is ``None`` after ``load``.
@@ -30,7 +35,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from research.data.interactions import Interactions
-from research.models.base import NotSupported, Recommender
+from research.models.base import History, NotSupported, Recommender
 
 
 # ------------------------------------------------------------------------------------------
@@ -80,6 +85,11 @@ class _SurpriseBase(Recommender):
 
     def _after_fit(self, trainset) -> None:
         pass
+
+    def score_history(self, history: History) -> np.ndarray:
+        raise NotSupported(f"{type(self).__name__} cannot fold in a history: Surprise's user side "
+                           f"(biases, factors) comes from its fit over every user, with no exact "
+                           f"per-user step to redo")
 
     def _baseline(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """mu + bu (if the user is known) + bi (if the item is known), as Surprise does."""
@@ -379,6 +389,13 @@ class _ImplicitBase(Recommender):
         users = np.asarray(users, dtype=np.int64)
         return self.user_factors[users] @ self.item_factors.T
 
+    def _history_matrix(self, history: History) -> sp.csr_matrix:
+        """The history weighted as ``_matrix`` weights the training users."""
+        m = history.seen
+        if self.weighting == "rating":
+            m = m.maximum(history.rated).tocsr()
+        return m.astype(np.float32)
+
     def predict(self, users, items):
         raise NotSupported(f"{type(self).__name__} ranks; it does not predict ratings")
 
@@ -413,6 +430,22 @@ class ImplicitALS(_ImplicitBase):
 
         return AlternatingLeastSquares(random_state=self.seed, **self.params)
 
+    def score_history(self, history: History) -> np.ndarray:
+        """Fold-in by implicit's ``recalculate_user``: the exact least-squares user vector for the
+        history (weighted as the fit weights a user, times ``alpha``) with the item factors fixed,
+        then ``score``'s product. Not equal to a training user's fitted vector: the fit's last
+        user step used the previous iteration's item factors and a few conjugate-gradient steps,
+        this one the final item factors and a Cholesky solve (tests state the tolerance)."""
+        history = self.check_history(history)
+        model = self._make_model()
+        model.item_factors = np.ascontiguousarray(self.item_factors, dtype=model.dtype)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(1, "blas"):
+            users = model.recalculate_user(np.arange(len(history)), self._history_matrix(history))
+        users = np.asarray(users, dtype=np.float32).reshape(len(history), -1)
+        return users @ self.item_factors.T
+
 
 class ImplicitBPR(_ImplicitBase):
     """implicit's ``BayesianPersonalizedRanking`` (Rendle et al. 2009, SGD on sampled pairs).
@@ -440,6 +473,10 @@ class ImplicitBPR(_ImplicitBase):
         from implicit.cpu.bpr import BayesianPersonalizedRanking
 
         return BayesianPersonalizedRanking(random_state=self.seed, **self.params)
+
+    def score_history(self, history: History) -> np.ndarray:
+        raise NotSupported("ImplicitBPR cannot fold in a history: its user factors come from SGD "
+                           "over sampled pairs, and implicit offers no per-user step for BPR")
 
     def item_vectors(self):
         return self.item_factors[:, :-1]
