@@ -18,6 +18,7 @@ MODELS: dict[str, str] = {
     "content": "research.models.content:ContentBased",
     "kmeans": "research.models.clustering:KMeansUsers",
     "ease": "research.models.ease:EASE",
+    "blend": "research.models.blend:Blend",
     # Keras / TensorFlow Recommenders
     "embedding_dot": "research.models.keras.embedding_dot:EmbeddingDot",
     "recommendernet": "research.models.keras.recommendernet:RecommenderNet",
