@@ -235,12 +235,51 @@ def test_dae_trains(data):
     assert np.isfinite(m.score(np.arange(5))).all()
 
 
+@pytest.mark.parametrize("weighting", ["binary", "rating"])
+def test_fold_in_reproduces_the_training_history_scores(data, weighting):
+    """score_history of training users' own training rows = the logits fed their training bag;
+    a new user's history (no model index) gives finite scores and never its own anime back."""
+    from research.models.base import History
+    from research.models.keras.multvae import MultVAE
+
+    _, split = data
+    m = MultVAE(**SMALL, weighting=weighting, seed=3).fit(split.train, split.val)
+    users = np.arange(12)
+    h = History.from_interactions(split.train, users)
+    np.testing.assert_allclose(m.score_history(h), m.scores_from_history(users, "train"), rtol=1e-5, atol=1e-5)
+    new = History.from_lists([np.array([0, 3, 6])], [np.array([9.0, np.nan, 4.0])], n_items=split.train.n_items)
+    items, _ = m.recommend_history(new, k=5)
+    assert np.isfinite(m.score_history(new)).all() and not np.isin(items[0], [0, 3, 6]).any()
+
+
+def test_linear_skip_has_zero_diagonal_and_trains(data, tmp_path):
+    """linear = true: logits gain x B with diag(B) = 0 (an anime never predicts itself), B is
+    penalised by linear_l2, and the model saves and loads with it."""
+    import tensorflow as tf
+
+    from research.models.keras.common import KerasRecommender
+    from research.models.keras.multvae import MultVAE
+
+    ds, split = data
+    m = MultVAE(**SMALL, linear=True, linear_l2=1e-3, seed=4).fit(split.train, split.val)
+    mm = m.model
+    kernel = mm.linear_kernel.numpy()
+    assert kernel.shape == (mm.n_out, mm.n_out) and np.abs(kernel).sum() > 0  # it trained
+    x = tf.eye(mm.n_out)  # one anime each: x B picks B's rows with the diagonal zeroed
+    np.testing.assert_allclose(mm.skip_logits(x).numpy(), kernel - np.diag(np.diag(kernel)), atol=1e-7)
+    assert len(mm.losses) == 1  # the L2 term of the skip
+    m.save(tmp_path / "m")
+    back = KerasRecommender.load(tmp_path / "m", ds.meta)
+    users = np.arange(split.train.n_users)
+    np.testing.assert_array_equal(back.score(users), m.score(users))
+
+
 def test_bad_arguments():
     from research.errors import ConfigError
     from research.models.keras.multvae import MultVAE
 
     for bad in ({"variant": "gan"}, {"weighting": "log"}, {"dropout": 1.0}, {"hidden": []}, {"latent": 0},
-                {"catalogue": "some"}, {"beta_cap": -1}):
+                {"catalogue": "some"}, {"beta_cap": -1}, {"linear_l2": -1.0}):
         with pytest.raises(ConfigError):
             MultVAE(**bad)
     assert MultVAE(hidden=300).hidden == [300]
