@@ -137,6 +137,19 @@ def test_encode_history_reproduces_training_users(twins):
         model.encode_history([np.array([data.n_items])])
 
 
+def test_fold_in_equals_score_without_user_id_and_is_refused_with_it(twins):
+    from research.models.base import History, NotSupported
+
+    models, data, _, _ = twins
+    users = np.arange(data.n_users)
+    h = History.from_interactions(data, users)
+    np.testing.assert_allclose(models[False].score_history(h), models[False].score(users), atol=1e-5)
+    items, _ = models[False].recommend_history(h.take([0]), k=3)
+    assert not np.isin(items[0], h.seen[0].indices).any()
+    with pytest.raises(NotSupported, match="user_id = false"):
+        models[True].score_history(h)
+
+
 def test_user_id_false_save_load(twins, tmp_path):
     from research.models.keras.common import KerasRecommender
 

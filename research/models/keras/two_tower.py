@@ -400,6 +400,19 @@ class TwoTower(KerasRecommender):
     def score(self, users):
         return self._users[np.asarray(users)] @ self._items.T
 
+    def score_history(self, history) -> np.ndarray:
+        """Fold-in: the id-free user tower fed each history's anime (``encode_history`` of
+        ``history.seen``; ratings are not an input of the tower), dotted with every anime vector. A
+        training user's own training history gives ``score`` exactly (float32 round-off). With a
+        user-id embedding (``user_id = true``) a new user would have no id row: ``NotSupported``."""
+        from research.models.base import NotSupported
+
+        history = self.check_history(history)
+        if self.user_id or not self.use_history:
+            raise NotSupported("two_tower folds a user in only with the id-free tower (user_id = false, "
+                               "use_history = true); this one was fitted with a user-id embedding")
+        return self.encode_history(history.seen) @ self._items.T
+
     def item_vectors(self):
         return self._items
 
