@@ -69,11 +69,14 @@ class DataConfig:
 class SplitConfig:
     """How interactions are split into train, validation and test."""
 
-    kind: Literal["random", "user_holdout", "leave_k_out", "cold_start"] = "random"
-    test_fraction: float = 0.2  # random / user_holdout / cold_start: share held out for test
+    #: "users": held-out users (strong generalisation): test / validation users absent from train,
+    #: each one's rows split into a history that is folded in and targets that are scored
+    kind: Literal["random", "user_holdout", "leave_k_out", "cold_start", "users"] = "random"
+    test_fraction: float = 0.2  # random / user_holdout / cold_start / users: share held out for test
     test_rows: int = 0  # random only: hold out exactly this many rows instead (the study: 10,000)
     val_fraction: float = 0.1  # share of the remaining train held back for validation
     k: int = 1  # leave_k_out: items per user held out for test (and for validation)
+    fold_in_fraction: float = 0.8  # users: share of each held-out user's rows folded in (the rest: targets)
     #: what models are fitted on: "train" (validation for early stopping only) or "train+val"
     #: (validation folded into training, no early stopping: Keras models train ``epochs`` epochs,
     #: e.g. the epoch a tuning run's early stopping kept — the tuner's final refit protocol)
