@@ -6,6 +6,14 @@ gets a child seed derived from (seed, model name), so adding a model never chang
 A run folder's id is ``<config hash>-seed<seed>``: running the same config again resumes an
 unfinished run (models already measured are kept, Keras models resume from their checkpoints)
 or, once finished, replaces it with a fresh run.
+
+Held-out users (``split.kind = "users"``): with ``fit_on = "train"`` each model is fitted on
+``split.train`` with ``split.fit_val()`` (every row of the validation users) as its validation
+part; with ``"train+val"`` on ``split.train_val()``; the test users are in neither, and the
+harness folds them in. A model that cannot be measured there (its ``score_history`` raises
+``NotSupported``) is not in ``metrics.json["models"]`` nor in the table: it is listed with the
+reason under ``metrics.json["skipped"]`` (``{"<model>": "<why>"}``, e.g. no fold-in) and below the
+table.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ from research.data.load import load_dataset
 from research.data.splits import make_split
 from research.eval.harness import evaluate
 from research.models import registry
+from research.models.base import NotSupported, Recommender
 from research.report import markdown_table
 from research.seeding import child_seed, seed_everything
 
@@ -68,12 +77,22 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
     folder.start({**cfg.to_dict(), "seed": seed}, seed, dataset.manifest)
     folder.write_meta(dataset.meta)
     folder.write_seen(split.train_val())
+    rows = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
+    skipped: dict = {}
+    if split.heldout:
+        rows.update(val_history=len(split.val_history), test_history=len(split.test_history))
+        if done and folder.file("metrics.json").is_file():  # resumed: models skipped before stay skipped
+            skipped = dict(R.read_json(folder.file("metrics.json")).get("skipped", {}))
     folder.metrics = {"experiment": cfg.experiment, "dataset": dataset.name, "split": split.name, "seed": seed,
-                      "rows": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-                      "models": dict(done)}
+                      "rows": rows, "models": dict(done)}
+    if split.heldout:
+        folder.metrics["skipped"] = skipped
     for spec, model in models:
-        if spec.name in done:
+        if spec.name in done or spec.name in skipped:
             continue
+        if split.heldout and type(model).score_history is Recommender.score_history:
+            skipped[spec.name] = f"no fold-in: {type(model).__name__} has no score_history"
+            continue  # cannot be measured on held-out users: not even fitted
         model.log_dir = str(folder.file(f"logs/{spec.name}"))
         if not quiet:
             print(f"[animerec] seed {seed}: fitting {spec.name} ...", file=sys.stderr, flush=True)
@@ -81,12 +100,21 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
         if cfg.split.fit_on == "train+val":
             model.fit(split.train_val(), None)
         else:
-            model.fit(split.train, split.val)
+            model.fit(split.train, split.fit_val())
         fit_seconds = time.perf_counter() - t0
-        res = evaluate(model, split, k=cfg.eval.k, batch_users=cfg.eval.batch_users,
-                       relevance_threshold=cfg.eval.relevance_threshold)
+        try:
+            res = evaluate(model, split, k=cfg.eval.k, batch_users=cfg.eval.batch_users,
+                           relevance_threshold=cfg.eval.relevance_threshold)
+        except NotSupported as exc:
+            if not split.heldout:
+                raise
+            skipped[spec.name] = str(exc)
+            R.write_json(folder.file("metrics.json"), folder.metrics)
+            continue
         folder.add_model(spec.name, {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}, model, res)
     table = markdown_table([folder.metrics["models"]], cfg.eval.k)
+    if skipped:
+        table += "\nNot measured on held-out users: " + "; ".join(f"{n} ({why})" for n, why in skipped.items()) + "\n"
     folder.finish(table)
     if not quiet:
         print(f"\n{cfg.experiment} — {dataset.name}, {split.name}\n\n{table}\nrun folder: {folder.path}")

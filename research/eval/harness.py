@@ -13,6 +13,25 @@ Protocol (``evaluate(model, split, cfg, part="test")``):
   training users without one are counted as ``users_without_target``, never averaged in as zeros.
 - **Rating metrics** (``rmse``, ``mae``) only for models with ``predicts_ratings``, over the target
   rows that carry a rating; absent (not 0, not NaN) otherwise.
+
+Held-out users (a ``Split`` with ``heldout``, ``split.kind = "users"``; ``evaluate_heldout``): the
+users scored have no training row; each is given to the model only by their *history* part
+(``test_history``, or ``val_history`` for ``part="val"``) through ``model.score_history`` (fold-in,
+no refit), in batches of ``batch_users`` users, and their *target* part (``test`` / ``val``) is
+scored. The same metric functions and summary keys as above, with:
+
+- **Candidates**: the anime with a row in ``split.train`` (as above).
+- **Exclusion**: each user's history anime (rated or not); nothing else of theirs exists.
+- **Relevance**: every target anime, or those rated ``>= relevance_threshold`` (as above).
+- **Users**: averaged over held-out users of the part with a relevant target;
+  ``users_without_target`` counts the part's other held-out users (e.g. a one-row user whose
+  row is their history).
+- **Rating metrics**: from a fold-in rating prediction, ``model.predict_history(history, rows,
+  items)`` (ratings of history row ``rows[j]`` for anime ``items[j]``), where a model defines it;
+  no model does yet, so ``rmse`` / ``mae`` are absent for held-out users (never 0).
+- A model whose ``score_history`` raises ``NotSupported`` cannot be measured: the
+  ``NotSupported`` propagates (the runner records the model as skipped, never as 0), as it does
+  for a model with neither a ranking (``ranks``) nor ``predict_history``.
 """
 from __future__ import annotations
 
@@ -25,7 +44,7 @@ import pandas as pd
 from research.data.interactions import Interactions
 from research.data.splits import Split
 from research.eval import metrics as M
-from research.models.base import mask_scores, top_k
+from research.models.base import History, NotSupported, mask_scores, top_k
 
 
 @dataclass
@@ -58,7 +77,8 @@ def evaluate(model, split: Split, k: int = 10, part: str = "test", batch_users: 
         model: a fitted ``Recommender``.
         split: the split it was fitted on.
         k: ranking cut-off.
-        part: "test" (exclude train and validation items) or "val" (exclude train items).
+        part: "test" (exclude train and validation items) or "val" (exclude train items); for a
+            held-out-users split, the test or validation users folded in (``evaluate_heldout``).
         batch_users: users scored per batch (memory ~ batch_users x n_items x 8 bytes).
         relevance_threshold: if > 0, only target items rated >= this are relevant.
         ranking: False skips the ranking metrics (scoring every user against every item), e.g.
@@ -66,6 +86,11 @@ def evaluate(model, split: Split, k: int = 10, part: str = "test", batch_users: 
     """
     if part not in ("test", "val"):
         raise ValueError("part must be 'test' or 'val'")
+    if split.heldout:
+        history = split.test_history if part == "test" else split.val_history
+        target = split.test if part == "test" else split.val
+        return evaluate_heldout(model, split.train, history, target, k=k, batch_users=batch_users,
+                                relevance_threshold=relevance_threshold, ranking=ranking)
     target: Interactions = split.test if part == "test" else split.val
     seen = split.train if part == "val" else split.train.concat(split.val)
     return evaluate_parts(model, split.train, seen, target, k=k, batch_users=batch_users,
@@ -96,31 +121,43 @@ def evaluate_parts(model, train: Interactions, seen: Interactions, target: Inter
         per_rating = None
 
     # ---- ranking metrics -----------------------------------------------------------------
-    if relevance_threshold > 0:
-        rel = target.take(target.rated & (target.rating >= relevance_threshold))
-    else:
-        rel = target
-    rel_keys = np.unique(_keys(rel.user, rel.item, n_items))
-    rel_users, n_rel = np.unique(rel_keys // n_items, return_counts=True)
+    rel_keys, rel_users, n_rel = _relevant(target, relevance_threshold, n_items)
     if not ranking or not getattr(model, "ranks", True):  # ranking metrics absent
         rel_users, n_rel = rel_users[:0], n_rel[:0]
     train_users = train.users_present()
     candidates = np.zeros(n_items, dtype=bool)
     candidates[train.items_present()] = True
     exclude = seen.to_csr("ones")
-    item_pop = np.bincount(train.item, minlength=n_items).astype(np.float64) / max(len(train_users), 1)
+
+    def batch_scores(users: np.ndarray, s: int) -> np.ndarray:
+        scores = np.asarray(model.score(users), dtype=np.float64)
+        if scores.shape != (len(users), n_items):
+            raise ValueError(f"{type(model).__name__}.score returned shape {scores.shape}, "
+                             f"expected {(len(users), n_items)}")
+        return mask_scores(scores.copy(), users, exclude, candidates)
+
+    per_user = _ranking(summary, batch_scores, train, rel_keys, rel_users, n_rel, train_users, candidates,
+                        k, batch_users)
+    summary["eval_seconds"] = time.perf_counter() - t0
+    return EvalResult(summary, per_user, per_rating)
+
+
+def _ranking(summary: dict, batch_scores, train: Interactions, rel_keys: np.ndarray, rel_users: np.ndarray,
+             n_rel: np.ndarray, part_users: np.ndarray, candidates: np.ndarray, k: int,
+             batch_users: int) -> pd.DataFrame:
+    """The ranking metrics of ``rel_users`` (batches of ``batch_users``), written into ``summary``;
+    returns the per-user table. ``batch_scores(users, start)`` gives the masked scores of the
+    users ``rel_users[start:start + len(users)]``; ``part_users`` are the users who could have
+    been evaluated (those not in ``rel_users`` are counted as ``users_without_target``)."""
+    n_items = train.n_items
+    item_pop = np.bincount(train.item, minlength=n_items).astype(np.float64) / max(len(train.users_present()), 1)
     rel_items = (rel_keys % n_items).astype(np.int64)
 
     cols = {name: [] for name in ("precision", "recall", "ndcg", "ap", "hit", "novelty")}
     all_top = []
     for s in range(0, len(rel_users), batch_users):
         users = rel_users[s:s + batch_users]
-        scores = np.asarray(model.score(users), dtype=np.float64)
-        if scores.shape != (len(users), n_items):
-            raise ValueError(f"{type(model).__name__}.score returned shape {scores.shape}, "
-                             f"expected {(len(users), n_items)}")
-        scores = mask_scores(scores.copy(), users, exclude, candidates)
-        items, _ = top_k(scores, k)
+        items, _ = top_k(batch_scores(users, s), k)
         if items.shape[1] < k:  # fewer candidates than k: pad so every list has k slots
             items = np.pad(items, ((0, 0), (0, k - items.shape[1])), constant_values=-1)
         hits = _member(_keys(np.repeat(users, k).reshape(-1, k), items, n_items), rel_keys) & (items >= 0)
@@ -144,14 +181,89 @@ def evaluate_parts(model, train: Interactions, seen: Interactions, target: Inter
         summary[f"coverage@{k}"] = M.coverage(top, int(candidates.sum()))
         summary[f"novelty@{k}"] = float(np.nanmean(per["novelty"])) if np.isfinite(per["novelty"]).any() else float("nan")
         summary["users_evaluated"] = int(len(rel_users))
-        summary["users_without_target"] = int(len(np.setdiff1d(train_users, rel_users)))
+        summary["users_without_target"] = int(len(np.setdiff1d(part_users, rel_users)))
         summary["relevant_not_in_train"] = int((~candidates[rel_items]).sum())
-    summary["eval_seconds"] = time.perf_counter() - t0
 
-    per_user = pd.DataFrame({
+    return pd.DataFrame({
         "user": train.meta.users.ids(rel_users) if len(rel_users) else np.zeros(0, np.int64),
         "n_relevant": n_rel,
         f"precision@{k}": per["precision"], f"recall@{k}": per["recall"], f"ndcg@{k}": per["ndcg"],
         f"ap@{k}": per["ap"], f"hit@{k}": per["hit"], f"novelty@{k}": per["novelty"],
     })
+
+
+def _relevant(target: Interactions, relevance_threshold: float, n_items: int):
+    """(sorted (user, item) keys of the relevant target rows, users with one, their counts)."""
+    if relevance_threshold > 0:
+        rel = target.take(target.rated & (target.rating >= relevance_threshold))
+    else:
+        rel = target
+    rel_keys = np.unique(_keys(rel.user, rel.item, n_items))
+    rel_users, n_rel = np.unique(rel_keys // n_items, return_counts=True)
+    return rel_keys, rel_users, n_rel
+
+
+def evaluate_heldout(model, train: Interactions, history: Interactions, target: Interactions, k: int = 10,
+                     batch_users: int = 1024, relevance_threshold: float = 0.0,
+                     ranking: bool = True) -> EvalResult:
+    """The harness on held-out users (see the module docstring): each user of ``target`` is
+    folded in from their rows of ``history`` (``model.score_history``), their history anime
+    excluded, their ``target`` anime relevant; candidates from ``train``. Scores are computed
+    ``batch_users`` users at a time (memory ~ batch_users x n_items x 8 bytes).
+
+    Raises:
+        NotSupported: the model cannot fold in (its ``score_history`` raises it), or it has
+            neither a ranking nor a fold-in rating prediction (nothing to measure).
+    """
+    t0 = time.perf_counter()
+    n_items = train.n_items
+    summary: dict = {}
+    name = type(model).__name__
+    ranks = ranking and getattr(model, "ranks", True)
+    predict_history = getattr(model, "predict_history", None) if getattr(model, "predicts_ratings", False) else None
+    if not ranks and predict_history is None:
+        raise NotSupported(f"{name}: nothing to measure on held-out users (no ranking, and no fold-in "
+                           f"rating prediction, predict_history)")
+
+    # ---- rating metrics (fold-in predictions, where the model offers them) ----------------
+    per_rating = None
+    if predict_history is not None:
+        rated = target.only_rated()
+        r_users = np.unique(rated.user)
+        pos = np.full(train.n_users, -1, np.int64)
+        pos[r_users] = np.arange(len(r_users))
+        preds = np.empty(len(rated), dtype=np.float64)
+        for s in range(0, len(r_users), batch_users):
+            users = r_users[s:s + batch_users]
+            rows = np.flatnonzero((pos[rated.user] >= s) & (pos[rated.user] < s + len(users)))
+            hist = History.from_interactions(history, users)
+            preds[rows] = predict_history(hist, pos[rated.user[rows]] - s, rated.item[rows])
+        summary["rmse"] = M.rmse(rated.rating, preds)
+        summary["mae"] = M.mae(rated.rating, preds)
+        summary["rated_target_rows"] = int(len(rated))
+        per_rating = pd.DataFrame({"user": rated.meta.users.ids(rated.user), "item": rated.meta.items.ids(rated.item),
+                                   "rating": rated.rating, "prediction": preds.astype(np.float32)})
+
+    # ---- ranking metrics (fold-in scores) -------------------------------------------------
+    rel_keys, rel_users, n_rel = _relevant(target, relevance_threshold, n_items)
+    if not ranks:
+        rel_users, n_rel = rel_users[:0], n_rel[:0]
+    part_users = np.union1d(history.users_present(), target.users_present())
+    candidates = np.zeros(n_items, dtype=bool)
+    candidates[train.items_present()] = True
+    # one History of every evaluated user (sparse: the history rows), sliced per batch
+    histories = History.from_interactions(history, rel_users)
+
+    def batch_scores(users: np.ndarray, s: int) -> np.ndarray:
+        hist = histories.take(np.arange(s, s + len(users)))
+        scores = np.asarray(model.score_history(hist), dtype=np.float64)
+        if scores.shape != (len(users), n_items):
+            raise ValueError(f"{name}.score_history returned shape {scores.shape}, "
+                             f"expected {(len(users), n_items)}")
+        return mask_scores(scores.copy(), np.arange(len(users)), hist.seen, candidates)
+
+    per_user = _ranking(summary, batch_scores, train, rel_keys, rel_users, n_rel, part_users, candidates,
+                        k, batch_users)
+    summary["history_rows"] = int(len(history))
+    summary["eval_seconds"] = time.perf_counter() - t0
     return EvalResult(summary, per_user, per_rating)
