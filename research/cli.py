@@ -141,24 +141,15 @@ def _user_index(meta, user: str) -> int:
 
 
 def _item_index(meta, anime: str) -> int:
+    """``--anime``: an id of the run, else the first name match (``userlist.resolve_anime``, the
+    resolver a list's names use too)."""
+    from research.data.userlist import resolve_anime
+
     if not anime.strip():
         raise ConfigError("--anime is empty: give a MyAnimeList anime id or (part of) a name")
-    if anime.strip().lstrip("-").isdigit():
-        try:
-            idx = meta.items.index(int(anime), missing="mask")
-        except OverflowError:
-            idx = -1
-        if idx >= 0:
-            return int(idx)
-    names = meta.item_table["name"] if meta.item_table is not None and "name" in meta.item_table else None
-    if names is not None:
-        low = names.fillna("").str.lower()
-        exact = (low == anime.lower()).to_numpy().nonzero()[0]
-        if len(exact):
-            return int(exact[0])
-        part = low.str.contains(anime.lower(), regex=False).to_numpy().nonzero()[0]
-        if len(part):
-            return int(part[0])
+    found = resolve_anime(meta, anime)
+    if found:
+        return int(found[0])
     raise ConfigError(f"no anime with id or name {anime!r} in this run's catalogue")
 
 
@@ -166,12 +157,84 @@ def cmd_recommend(args) -> int:
     from research.experiment import load_model, load_run
     from research.explain import explain_recommendations
 
+    if args.list is not None:
+        return _recommend_list(args)
     run_dir = _resolve_run(args.run)
     meta, metrics, _ = load_run(run_dir)
     name = _pick_model(run_dir, metrics, args.model, "rank")
     model = load_model(run_dir, name, meta, allow_pickle=args.allow_pickle)
     u = _user_index(meta, args.user)
     for line in explain_recommendations(run_dir, model, meta, u, args.k):
+        print(line)
+    print(f"(model: {name}; run: {run_dir})")
+    return 0
+
+
+def _recommend_list(args, show_unknown: int = 5) -> int:
+    """``recommend --list FILE``: fold a user's own list into a model of the run (no refit).
+
+    The list is read by ``research.data.userlist`` (CSV or MyAnimeList XML), mapped to the run's
+    anime (unknown ones printed: count and the first ``show_unknown``), and scored by
+    ``--model`` or, by default, the run's best model by ndcg@k that can fold in (models raising
+    ``NotSupported`` are skipped with a note). Candidates are the run's training anime, as for
+    ``--user``; the list's own anime (plan-to-watch included) are never recommended back."""
+    import numpy as np
+
+    from research.data import userlist
+    from research.errors import DataError
+    from research.experiment import load_model, load_run, load_seen
+    from research.explain import explain_history
+    from research.models.base import NotSupported, PickleRefused
+    from research.results import read_json
+
+    run_dir = _resolve_run(args.run)
+    meta, metrics, _ = load_run(run_dir)
+    ul = userlist.read_list(Path(args.list))
+    mapped = userlist.map_list(ul, meta)
+    print(f"{ul.path} ({ul.format}): {mapped.summary()}")
+    if mapped.unknown:
+        shown = "; ".join(str(u) for u in mapped.unknown[:show_unknown])
+        more = f"; and {len(mapped.unknown) - show_unknown} more" if len(mapped.unknown) > show_unknown else ""
+        print(f"unknown anime, not used: {len(mapped.unknown)} ({shown}{more})")
+    if not len(mapped.items):
+        raise DataError(ul.path, f"nothing to fold in: none of the {len(ul)} rows is an anime of this run "
+                                 f"that was watched or scored ({mapped.summary()})")
+    seen = load_seen(run_dir)
+    candidates = np.asarray(seen.getnnz(axis=0) > 0).ravel()
+    untrained = int((~candidates[mapped.items]).sum())
+    if untrained:
+        print(f"note: {untrained} anime of the list have no training rows in this run (most models know "
+              f"nothing of them)")
+    history = mapped.history(meta.n_items)
+    exclude = mapped.exclude_matrix(meta.n_items)
+    if args.model:
+        order = [_pick_model(run_dir, metrics, args.model, "rank")]
+    else:
+        k = read_json(run_dir / "config.json").get("eval", {}).get("k", 10)
+        models = metrics["models"]
+        order = sorted((m for m in models if f"ndcg@{k}" in models[m]), key=lambda m: -models[m][f"ndcg@{k}"])
+    skipped = []
+    for name in order:
+        try:
+            model = load_model(run_dir, name, meta, allow_pickle=args.allow_pickle)
+            items, vals = model.recommend_history(history, args.k, exclude=exclude, candidates=candidates)
+        except NotSupported as exc:
+            if args.model:
+                raise ConfigError(f"model {name!r} cannot fold in a list: {exc} (pick another with --model)") from None
+            skipped.append(f"{name} (no fold-in)")
+            continue
+        except PickleRefused:
+            if args.model:
+                raise
+            skipped.append(f"{name} (a pickle: needs --allow-pickle)")
+            continue
+        break
+    else:
+        raise ConfigError(f"no model of this run can fold in a list (skipped: {', '.join(skipped) or 'none ranks'})")
+    if skipped:
+        print(f"note: skipped {', '.join(skipped)}")
+    print(f"top {args.k} for this list ({len(mapped.items)} anime folded in), by {name}:")
+    for line in explain_history(model, meta, mapped.items, mapped.ratings, items[0], vals[0]):
         print(line)
     print(f"(model: {name}; run: {run_dir})")
     return 0
@@ -271,6 +334,12 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--run", required=True, help="run folder or experiment name")
         if what == "items":
             sp.add_argument("--anime", required=True, help="MAL anime id or (part of) its name")
+        elif what == "rank":
+            who = sp.add_mutually_exclusive_group(required=True)
+            who.add_argument("--user", help="MAL user id of the run")
+            who.add_argument("--list", metavar="FILE",
+                             help="a user's own list instead: CSV (anime_id or name[, score, watching_status]) "
+                                  "or a MyAnimeList XML export, folded in without refitting")
         else:
             sp.add_argument("--user", required=True, help="MAL user id")
         sp.add_argument("-k", type=_positive_int, default=10)
