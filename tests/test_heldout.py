@@ -217,3 +217,35 @@ def test_runner_heldout_end_to_end(tmp_path, monkeypatch):
     # folding in the history beats the same list for everyone on planted taste groups
     assert m["models"]["item_knn"]["ndcg@10"] > m["models"]["popularity"]["ndcg@10"]
     assert json.loads((d / "status.json").read_text())["status"] == "finished"
+
+
+class CrashOnce(Popularity):
+    crashed = False
+
+    def fit(self, train, val=None):
+        if not CrashOnce.crashed:
+            CrashOnce.crashed = True
+            raise RuntimeError("simulated crash")
+        return super().fit(train, val)
+
+
+class CountingNoFoldIn(NoFoldIn):
+    fits = 0
+
+    def fit(self, train, val=None):
+        CountingNoFoldIn.fits += 1
+        return super().fit(train, val)
+
+
+def test_resume_keeps_skipped_models_skipped(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.MODELS, "nofold", f"{__name__}:CountingNoFoldIn")
+    monkeypatch.setitem(registry.MODELS, "crash", f"{__name__}:CrashOnce")
+    cfg = _cfg(tmp_path, "[models.popularity]\n[models.nofold]\n[models.crash]\n")
+    ds = _planted()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_seed(cfg, ds, 0, quiet=True)
+    assert CountingNoFoldIn.fits == 1
+    d = run_seed(cfg, ds, 0, quiet=True)
+    assert CountingNoFoldIn.fits == 1  # recorded as skipped: not fitted again
+    m = json.loads((d / "metrics.json").read_text())
+    assert list(m["models"]) == ["popularity", "crash"] and list(m["skipped"]) == ["nofold"]
