@@ -25,6 +25,7 @@ MODELS: dict[str, str] = {
     "two_tower": "research.models.keras.two_tower:TwoTower",
     "dnn": "research.models.keras.dnn:DNN",
     "multvae": "research.models.keras.multvae:MultVAE",
+    "autorec": "research.models.keras.autorec:AutoRec",
     # peers (extra "peers")
     "surprise_svd": "research.models.peers:SurpriseSVD",
     "surprise_svdpp": "research.models.peers:SurpriseSVDpp",
@@ -33,7 +34,7 @@ MODELS: dict[str, str] = {
     "implicit_bpr": "research.models.peers:ImplicitBPR",
 }
 
-KERAS_MODELS = {"embedding_dot", "recommendernet", "two_tower", "dnn", "multvae"}
+KERAS_MODELS = {"embedding_dot", "recommendernet", "two_tower", "dnn", "multvae", "autorec"}
 #: the peers' models (extra "peers"): absent from the contract suite, which needs no extra
 PEER_MODELS = {name for name, where in MODELS.items() if where.startswith("research.models.peers:")}
 
