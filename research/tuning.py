@@ -450,7 +450,7 @@ def _tuner_class():
                                        where=f" (trial {tid} of models.{ctx.spec.name})")
                 model.log_dir = str(trial_logs)
                 t0 = time.perf_counter()
-                model.fit(split.train, split.val)
+                model.fit(split.train, split.fit_val())  # held-out users: their history rows too
                 fit_seconds = time.perf_counter() - t0
                 # rating objectives skip the ranking pass (scoring every user x every anime),
                 # which dominated rmse-tuned dnn trials
@@ -792,8 +792,8 @@ def _refit(ctx: _Context, dataset, split, summary: dict, quiet: bool = False) ->
     # the default on validation: the number the search had to beat
     if not quiet:
         print(f"[animerec] default {spec.name} on validation ...", file=sys.stderr, flush=True)
-    model, _, default_val = _fit_score(ctx, spec.type, dict(spec.params), ctx.model_seed, split.train, split.val,
-                                       split, "val", "default_val")
+    model, _, default_val = _fit_score(ctx, spec.type, dict(spec.params), ctx.model_seed, split.train,
+                                       split.fit_val(), split, "val", "default_val")
     del model
     _release_memory()
     summary["default"] = {"params": dict(spec.params), "objective": default_val.get(ctx.objective),
