@@ -59,6 +59,40 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (on this machine, in this pid namespace)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def remove_stale_buckets(out_dir: Path) -> list[Path]:
+    """Remove the ``.buckets-<pid>`` folders of ``out_dir`` whose prepare is no longer running (it
+    was killed before its ``finally`` ran), saying so on stderr. A live pid's folder is left
+    alone: another prepare may be writing it. Returns the folders removed."""
+    import sys
+
+    removed = []
+    for d in sorted(Path(out_dir).glob(".buckets-*")):
+        pid = d.name.removeprefix(".buckets-")
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)) or not d.is_dir() or d.is_symlink():
+            continue
+        size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file() and not f.is_symlink())
+        shutil.rmtree(d, ignore_errors=True)
+        print(f"[animerec] removed {d} ({sources.human_bytes(size)}), left by a prepare (pid {pid}) that "
+              f"is no longer running", file=sys.stderr)
+        removed.append(d)
+    return removed
+
+
 def _arrow_table(cols: dict, roles):
     import pyarrow as pa
 
@@ -100,6 +134,7 @@ def prepare(source: str, raw_dir, out_dir, data_cfg=None, chunk_rows: int = 1_00
     for old in shard_dir.glob("part-*.parquet"):
         old.unlink()
     (out_dir / "manifest.json").unlink(missing_ok=True)  # a half-written folder must not look done
+    remove_stale_buckets(out_dir)
     tmp = out_dir / f".buckets-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -55,9 +55,12 @@ argument) raises ``ResourceError`` before reading, pointing to ``animerec prepar
 from __future__ import annotations
 
 import difflib
+import errno
 import html
 import io
 import os
+import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,18 +121,46 @@ class Plan:
     catalogue_id_names: tuple = ()
 
 
+def _is_data_file(path: Path) -> bool:
+    """True for a regular file (or a symlink to one), False when nothing is there; DataError for
+    anything else at that path (a folder, a FIFO, a device, a symlink loop, a dangling symlink),
+    which would otherwise be skipped silently, or (a FIFO) block the read forever."""
+    try:
+        lst = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise DataError(path, f"cannot read this path: {exc.strerror}") from None
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        if not stat.S_ISLNK(lst.st_mode):
+            raise DataError(path, f"cannot read this path: {exc.strerror}") from None
+        what = "a symbolic link loop" if exc.errno == errno.ELOOP else \
+            f"a broken symbolic link (to {os.readlink(path)!r})" if exc.errno == errno.ENOENT else \
+            f"a symbolic link that cannot be followed ({exc.strerror})"
+        raise DataError(path, f"is {what}, not a data file") from None
+    if stat.S_ISREG(st.st_mode):
+        return True
+    kind = ("a folder" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+            else "a socket" if stat.S_ISSOCK(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode)
+            or stat.S_ISBLK(st.st_mode) else "not a regular file")
+    raise DataError(path, f"is {kind}, not a data file; move it away or point the config at the file")
+
+
 def _configured(raw_dir: Path, name: str, what: str) -> Path:
     p = Path(os.path.expanduser(name))
     p = p if p.is_absolute() else raw_dir / p
-    if not p.is_file():
+    if not _is_data_file(p):
         raise ConfigError(f"data.{what}: {name!r} not found (looked for {p})")
     return p
 
 
 def _pick(raw_dir: Path, patterns: list[str], what: str) -> Path:
-    """The first pattern with exactly one match; several matches of a glob are an error."""
+    """The first pattern with exactly one match; several matches of a glob are an error. A match
+    that is not a regular file is an error (``_is_data_file``)."""
     for pat in patterns:
-        hits = sorted(p for p in raw_dir.glob(pat) if p.is_file())
+        hits = sorted(p for p in raw_dir.glob(pat) if _is_data_file(p))
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
@@ -141,7 +172,7 @@ def _pick(raw_dir: Path, patterns: list[str], what: str) -> Path:
 def _optional(raw_dir: Path, configured: str, default: str | None, what: str) -> Path | None:
     if configured:
         return _configured(raw_dir, configured, what)
-    if default and (raw_dir / default).is_file():
+    if default and _is_data_file(raw_dir / default):
         return raw_dir / default
     return None
 
@@ -166,7 +197,9 @@ def _header_tokens(head: V.Head, delimiter: str) -> list[str]:
 
 def _no_duplicate_names(path: Path, names: list[str]) -> None:
     """A header naming a column twice is an error (compared case-insensitively, as columns are
-    looked up); empty names are not compared."""
+    looked up); empty names are not compared. A name longer than ``V.MAX_NAME_CHARS`` is an
+    error too."""
+    V.check_names(path, [str(n) for n in names])
     seen = {}
     for i, name in enumerate(names):
         key = str(name).strip().lower()
@@ -288,7 +321,7 @@ def plan_files(adapter: str, raw_dir: Path, cfg) -> Plan:
                     catalogue=_optional(raw_dir, cfg.catalogue, "anime.csv", "catalogue"), catalogue_kind="mal2020",
                     synopsis=_optional(raw_dir, cfg.synopsis, "anime_with_synopsis.csv", "synopsis"),
                     status=(raw_dir / "watching_status.csv") if rf.kind == "animelist"
-                    and (raw_dir / "watching_status.csv").is_file() else None)
+                    and _is_data_file(raw_dir / "watching_status.csv") else None)
     if adapter == "cooperunion2017":
         path = (_configured(raw_dir, cfg.ratings, "ratings") if cfg.ratings else
                 _pick(raw_dir, ["rating.csv", "rating*.csv"], "CooperUnion ratings"))
@@ -318,7 +351,7 @@ def _file_format(rf: RatingsFile) -> dict:
 
 
 def new_stats(rf: RatingsFile) -> FileStats:
-    return FileStats(rf.path.name, V.sha256_file(rf.path), format=_file_format(rf))
+    return FileStats(rf.path.name, V.sha256_file(rf.path, delimiter=rf.delimiter), format=_file_format(rf))
 
 
 def iter_chunks(rf: RatingsFile, stats: FileStats, chunk_rows: int = 1_000_000, max_rows: int = 0):
@@ -486,7 +519,7 @@ def read_catalogue(path: Path, kind: str, delimiter: str = ",", id_names: tuple 
     last row (``duplicate``); lines that are not UTF-8 are decoded as Windows-1252
     (``rows_flagged["encoding_fallback"]``).
     """
-    stats = FileStats(path.name, V.sha256_file(path))
+    stats = FileStats(path.name, V.sha256_file(path, delimiter=delimiter))  # long lines end here
     data = path.read_bytes()
     if not data:
         raise DataError(path, "the file is empty (0 bytes)", line=1)
@@ -629,12 +662,22 @@ def read_status_codes(path: Path | None) -> tuple[np.ndarray | None, FileStats |
 # Memory guard
 
 
+_BYTES_TEXT = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([KMGT]?)I?B?", re.ASCII)
+
+
 def _parse_bytes(text: str) -> int:
-    t = text.strip().upper().removesuffix("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    if t and t[-1] in mult:
-        return int(float(t[:-1]) * mult[t[-1]])
-    return int(float(t))
+    """``500M``, ``8G``, ``1.5GiB``, ``1000000`` -> bytes (binary units). Raises ValueError for
+    anything else (``infG``, ``-1G``, ``1.5.5G``, ``nan``) and for less than one byte."""
+    m = _BYTES_TEXT.fullmatch(text.strip().upper())
+    if not m:
+        raise ValueError(text)
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2)]
+    from decimal import Decimal
+
+    n = int(Decimal(m.group(1)) * mult)
+    if n < 1:
+        raise ValueError(text)
+    return n
 
 
 def human_bytes(n: float) -> str:
@@ -651,7 +694,8 @@ def available_memory() -> int:
         try:
             return _parse_bytes(env)
         except ValueError:
-            raise ConfigError(f"{MEMORY_ENV}={env!r}: expected bytes, e.g. 500M or 8G") from None
+            raise ConfigError(f"{MEMORY_ENV}={env!r}: expected a positive number of bytes, e.g. 500M, "
+                              f"8G or 1.5G") from None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:

@@ -25,6 +25,13 @@ Decisions recorded here so both paths apply them the same way:
 * Ratings are stored as float32: a finite rating that would become ``inf`` or (nonzero) ``0`` in
   that cast is an error, like any other bad rating.
 * A header that names a column twice (case-insensitively) is an error: which one is meant?
+* A physical line longer than ``MAX_LINE_BYTES`` (1 MiB; a rating line is ~20 bytes, the longest
+  catalogue line of the real MAL files a few KB) is an error naming its line, found while the file
+  is hashed (``sha256_file``), before pandas would buffer it: a file with no line breaks (a binary
+  file, a 2 GB one-line header) ends there, in linear time and bounded memory. A column name longer
+  than ``MAX_NAME_CHARS`` is an error too.
+* Lines of only spaces and tabs are skipped as pandas skips them (they are not records); reported
+  lines are always the file's physical lines.
 """
 from __future__ import annotations
 
@@ -63,9 +70,77 @@ def short(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
-def sha256_file(path: Path) -> str:
+MAX_LINE_BYTES = 1 << 20  # longest physical line accepted (see the module docstring)
+MAX_NAME_CHARS = 256  # longest column name accepted in a header
+
+
+def sha256_file(path: Path, max_line: int = MAX_LINE_BYTES, delimiter: str = ",") -> str:
+    """The file's sha256; raises DataError at the first physical line longer than ``max_line``
+    bytes. One pass: blocks of ``max_line // 2`` bytes are hashed, and only a block holding no
+    line break (so a line of at least that length passes through it) has its line measured."""
+    digest = hashlib.sha256()
+    step = max(1, max_line // 2)
     with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+        prev, offset = b"", 0
+        while True:
+            block = fh.read(step)
+            if not block:
+                break
+            digest.update(block)
+            if b"\n" not in block and b"\r" not in block:
+                # the previous block holds a line break (else its line, measured then, would end in
+                # this block) or this is the first block: the long line starts after that break
+                start = offset - len(prev) + max(prev.rfind(b"\n"), prev.rfind(b"\r")) + 1
+                _check_line_at(path, start, max_line, delimiter)
+            prev, offset = block, offset + len(block)
+    return digest.hexdigest()
+
+
+def _check_line_at(path: Path, start: int, max_line: int, delimiter: str) -> None:
+    """Raise DataError if the line starting at byte ``start`` is longer than ``max_line`` bytes."""
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        text = fh.read(max_line + 1)
+        if len(text) <= max_line or b"\n" in text or b"\r" in text:
+            return
+        line = _count_breaks(fh, start) + 1
+    column = None
+    if b'"' not in text:  # no quoting: the field the limit falls in is told by the delimiters
+        column = text.count(delimiter.encode("latin-1")) + 1
+    raise DataError(path, f"the line is longer than {human_size(max_line)}, the longest line accepted (a "
+                          f"rating or catalogue line is far shorter: the wrong file, or no line breaks?)",
+                    line=line, column=column)
+
+
+def _count_breaks(fh, end: int) -> int:
+    """Line breaks (LF, CRLF, lone CR) in the first ``end`` bytes of ``fh``."""
+    fh.seek(0)
+    n, at, last = 0, 0, b""
+    while at < end:
+        block = fh.read(min(1 << 22, end - at))
+        if not block:
+            break
+        n += block.count(b"\n") + block.count(b"\r") - block.count(b"\r\n")
+        if last == b"\r" and block[:1] == b"\n":
+            n -= 1
+        last, at = block[-1:], at + len(block)
+    return n
+
+
+def human_size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n:,} bytes"
+
+
+def check_names(path: Path, names: list[str]) -> None:
+    """Raise DataError (line 1, the field's 1-based position) for a header field longer than
+    ``MAX_NAME_CHARS``: no column is called that; the first line is data, or not CSV."""
+    for i, name in enumerate(names):
+        if len(name) > MAX_NAME_CHARS:
+            raise DataError(path, f"header field {i + 1} is {len(name):,} characters long; a column name is at "
+                                  f"most {MAX_NAME_CHARS} (is line 1 a header?)", line=1, column=i + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,20 +223,24 @@ def read_head(path: Path) -> Head:
                 break
         if bom.startswith("utf-16"):
             raise DataError(path, f"the file is {bom.upper()} (byte-order mark); convert it to UTF-8", line=1)
-        buf = start[bom_len:]
-        # grow the buffer until the first line ends (a header can be long)
-        while b"\n" not in buf and b"\r" not in buf:
+        buf = bytearray(start[bom_len:])
+        # grow the buffer until the first line ends, up to MAX_LINE_BYTES (linear: a bytearray)
+        while b"\n" not in buf and b"\r" not in buf and len(buf) <= MAX_LINE_BYTES:
             more = fh.read(1 << 20)
             if not more:
                 break
             buf += more
+        buf = bytes(buf)
         fh.seek(size - 1)
         last = fh.read(1)
     cut = len(buf)
-    for i, ch in enumerate(buf):
-        if ch in (10, 13):
-            cut = i
-            break
+    for ch in (b"\n", b"\r"):
+        at = buf.find(ch, 0, cut)
+        if at >= 0:
+            cut = at
+    if cut > MAX_LINE_BYTES:
+        raise DataError(path, f"line 1 is longer than {human_size(MAX_LINE_BYTES)}, the longest line accepted "
+                              f"(no header is that long: the wrong file, or no line breaks?)", line=1)
     if cut == len(buf):
         ending = "none"
     elif buf[cut] == 13:
@@ -172,7 +251,9 @@ def read_head(path: Path) -> Head:
 
 
 def split_line(line: str, delimiter: str) -> list[str]:
-    """Fields of one CSV line (quote-aware)."""
+    """Fields of one CSV line (quote-aware; any field up to ``MAX_LINE_BYTES`` long)."""
+    if csv.field_size_limit() < MAX_LINE_BYTES:
+        csv.field_size_limit(MAX_LINE_BYTES)
     rows = list(csv.reader([line], delimiter=delimiter))
     return rows[0] if rows else []
 
@@ -227,6 +308,24 @@ def decode_text(path: Path, data: bytes, stats: FileStats) -> str:
 # Record number -> physical line
 
 
+FIELD_LIMIT = 1 << 26  # the longest field the csv module reads while locating (64 MiB)
+
+
+class _Tap:
+    """Iterates the lines of ``fh`` and remembers the last one (to tell a line of spaces from a
+    record)."""
+
+    def __init__(self, fh):
+        self.fh, self.last = fh, ""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.last = next(self.fh)
+        return self.last
+
+
 class Locator:
     """Maps 0-based data record numbers (as pandas counts them) to 1-based physical lines.
 
@@ -250,19 +349,24 @@ class Locator:
         self.path, self.delimiter, self.header, self.text = Path(path), delimiter, header, text
 
     def _rows(self, offset: int = 0, line0: int = 0):
-        """(start line, fields) of every non-blank record from byte ``offset`` (a line start that
-        is line ``line0 + 1``), header included when offset is 0."""
+        """(start line, fields) of every record from byte ``offset`` (a line start that is line
+        ``line0 + 1``), header included when offset is 0. Blank lines and lines of only spaces and
+        tabs (the delimiter aside) are skipped, as pandas skips them. A record the ``csv`` module
+        cannot read yields ``(its line, None)`` and ends the rows."""
         import io
 
-        csv.field_size_limit(sys.maxsize)
+        if csv.field_size_limit() < FIELD_LIMIT:
+            csv.field_size_limit(FIELD_LIMIT)
         if self.text is not None:
             fh = io.StringIO(self.text, newline="")
         else:
             raw = open(self.path, "rb")
             raw.seek(offset)
             fh = io.TextIOWrapper(raw, encoding="latin-1", newline="")
+        blank = " \t".replace(self.delimiter, "")
+        tap = _Tap(fh)
         with fh:
-            reader = csv.reader(fh, delimiter=self.delimiter)
+            reader = csv.reader(tap, delimiter=self.delimiter)
             prev_end = line0
             try:
                 for row in reader:
@@ -270,9 +374,41 @@ class Locator:
                     prev_end = line0 + reader.line_num
                     if not row:  # a blank line: pandas skips it, it is not a record
                         continue
+                    if start == prev_end and len(row) == 1 and not tap.last.strip(blank + "\r\n"):
+                        continue  # spaces / tabs only: pandas skips that line too
                     yield start, row
             except csv.Error:
-                yield prev_end + 1, None  # e.g. a quote never closed: report where it starts
+                yield prev_end + 1, None  # e.g. a field over FIELD_LIMIT: report where it starts
+
+    def unclosed_quote(self) -> tuple[int, int] | None:
+        """(line, 1-based field) where a quoted field opens that the file ends inside, or None.
+
+        The ``csv`` module, like pandas, reads an unclosed quoted field to the end of the file, so
+        it is the last field of the last record; that record is read again in strict mode, which
+        fails with "unexpected end of data" only then."""
+        import io
+
+        last, fields = None, 0
+        for start, row in self._rows():
+            if row is None:
+                return None
+            last, fields = start, len(row)
+        if last is None:
+            return None
+        if self.text is not None:
+            tail = io.StringIO(self.text, newline="")
+        else:
+            tail = io.TextIOWrapper(open(self.path, "rb"), encoding="latin-1", newline="")
+        for _ in range(last - 1):  # lines as the csv module splits them (LF, CRLF, lone CR)
+            tail.readline()
+        with tail:
+            try:
+                for _row in csv.reader(tail, delimiter=self.delimiter, strict=True):
+                    pass
+            except csv.Error as exc:
+                if "unexpected end of data" in str(exc):
+                    return last, fields
+        return None
 
     def _pieces(self):
         """(offset, lines before, piece) for the leading simple pieces of whole lines."""
@@ -292,7 +428,8 @@ class Locator:
                     continue
                 piece, carry = data[:cut], data[cut:]
                 simple = (b'"' not in piece and b"\n\n" not in piece and b"\n\r\n" not in piece
-                          and not piece.startswith((b"\n", b"\r\n"))
+                          and not piece.startswith((b"\n", b"\r\n", b" ", b"\t"))
+                          and b"\n " not in piece and b"\n\t" not in piece  # maybe a line of spaces
                           and piece.count(b"\r") == piece.count(b"\r\n"))
                 if not simple:
                     return
@@ -338,6 +475,10 @@ class Locator:
 
 def parser_error(path: Path, exc: Exception, locator: Locator, n_fields: int, what: str = "") -> DataError:
     """Turn a pandas / pyarrow parse error into a DataError with the true physical line."""
+    if "EOF inside string" in str(exc):
+        quote = locator.unclosed_quote()
+        if quote is not None:
+            return unclosed_quote_error(path, *quote)
     line, seen = locator.first_bad_width(n_fields)
     if seen > n_fields:
         return DataError(path, f"expected {n_fields} fields{what}, found {seen} (unquoted delimiter in a "
@@ -346,6 +487,11 @@ def parser_error(path: Path, exc: Exception, locator: Locator, n_fields: int, wh
         return DataError(path, f"expected {n_fields} fields{what}, found {seen} (a line cut short?)", line=line)
     msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return DataError(path, f"cannot parse the file: {msg}", line=line if line > 1 else None)
+
+
+def unclosed_quote_error(path: Path, line: int, field: int) -> DataError:
+    return DataError(path, "a quoted field opens on this line and is never closed: the file ends inside "
+                           "it (a stray '\"'?)", line=line, column=field)
 
 
 # ---------------------------------------------------------------------------------------------
