@@ -47,10 +47,24 @@ def cmd_prepare(args) -> int:
 def cmd_synth(args) -> int:
     from research.data import synth
 
+    import dataclasses
+
+    knobs = {k: v for k, v in (("new_users", args.later_users), ("new_items", args.later_items),
+                               ("returning", args.later_returning), ("taste_drift_sd", args.later_taste_drift))
+             if v is not None}
+    if knobs and not args.later:
+        raise ConfigError("--later-* options need --later DIR")
     info = synth.generate(Path(args.out), users=args.users, items=args.items,
                           ratings_per_user=args.ratings_per_user, segments=args.segments,
-                          factors=args.factors, unrated_fraction=args.unrated_fraction, seed=args.seed)
+                          factors=args.factors, unrated_fraction=args.unrated_fraction, seed=args.seed,
+                          later=Path(args.later) if args.later else None,
+                          later_params=dataclasses.replace(synth.LATER, **knobs))
+    later = info.pop("later", None)
     print(f"wrote synthetic mal2020 files to {args.out}: {info}")
+    if later:
+        print(f"wrote the later snapshot to {args.later}: {later['users']} users ({later['new_users']} new, "
+              f"{later['returning_users']} returning), {later['items']} anime ({later['new_items']} new), "
+              f"rows {later['rows']}")
     return 0
 
 
@@ -306,6 +320,12 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--segments", type=int, default=5)
     sp.add_argument("--factors", type=int, default=8)
     sp.add_argument("--unrated-fraction", type=float, default=0.1)
+    sp.add_argument("--later", metavar="DIR", help="also write a later snapshot of the same world to DIR: new "
+                    "users, some returning ones, new anime, taste drift (research.data.synth.LaterParams)")
+    sp.add_argument("--later-users", type=int, help="new users in the later snapshot (default: half of --users)")
+    sp.add_argument("--later-items", type=int, help="new anime in the later snapshot (default: a fifth of --items)")
+    sp.add_argument("--later-returning", type=float, help="share of the users who return (default 0.1)")
+    sp.add_argument("--later-taste-drift", type=float, help="sd of the segments' per-genre taste drift (default 0.3)")
     sp.set_defaults(func=cmd_synth)
 
     sp = with_config(sub.add_parser("eda", help="the data report (Markdown + figures)"))

@@ -33,6 +33,28 @@ The generative model (all constants in ``PARAMS``; ``z`` is on a latent scale, s
   community" simulated from the planted item parameters, not the sampled ratings, so a model that
   uses ``Score`` as a side feature does not read the test ratings through it.
 
+**A later snapshot** (``generate(..., later=DIR)``, ``animerec synth ... --later DIR``): a
+second data set in the same five files (and its own ``truth.npz``) from the same planted world a
+"year" on, for out-of-time verification (issue 12.5). Its knobs are ``LaterParams``:
+
+- **Anime**: every anime of the first catalogue keeps its MAL id, genres, bias, factors and
+  catalogue row (``anime.csv`` / ``anime_with_synopsis.csv`` lines copied; ``Popularity`` and
+  ``Ranked`` recomputed over the larger catalogue); its exposure drifts by
+  ``N(0, pop_drift_sd)``. ``new_items`` new anime (default a fifth of ``items``) get ids above the
+  first catalogue's largest (MAL numbers new entries upwards), parameters drawn as the first ones
+  were, ``+ new_exposure`` log exposure (this season's anime are being watched), names kept
+  unique across both catalogues.
+- **Taste drift**: each segment's genre-taste row moves by ``N(0, taste_drift_sd)`` per genre.
+- **Users**: ``new_users`` new users (default half of ``users``; ids above the first set's
+  largest) drawn from the drifted segments as the first users were; plus a ``returning`` share of
+  the first users (same ``user_id``, segment and bias) whose taste follows their segment's drift
+  plus ``N(0, user_drift_sd)``, whose factors are ``sqrt(1 - d^2) p_u + d * fresh`` with
+  ``d = factor_drift``, and who rate about ``growth * ratings_per_user`` more anime. A returning
+  user's later list is redrawn from their drifted taste (not the first list plus additions).
+- The rating thresholds (the 1-10 scale) are the first set's; every draw comes from child streams
+  of ``seed`` under ``synth/later``, so the first set is byte-identical with or without ``later``
+  and the same arguments give the same later files.
+
 Scale: users are generated in fixed-size chunks (a deterministic function of ``items``), each
 vectorised in numpy over a (chunk users x items) matrix and appended to the CSVs with pyarrow, so
 memory is bounded by the chunk and the per-user / per-item parameters, never by the rating count.
@@ -210,6 +232,25 @@ class SynthParams:
 
 PARAMS = SynthParams()
 
+
+@dataclass(frozen=True)
+class LaterParams:
+    """Knobs of the later snapshot (see the module docstring). ``new_users`` / ``new_items`` of
+    -1 mean the defaults: half of the first set's users, a fifth of its anime (at least 1 each)."""
+
+    new_users: int = -1
+    new_items: int = -1
+    returning: float = 0.1  # share of the first set's users who appear again
+    taste_drift_sd: float = 0.3  # per-genre drift of each segment's taste row
+    user_drift_sd: float = 0.15  # a returning user's own taste drift, on top of the segment's
+    factor_drift: float = 0.3  # d: a returning user's factors become sqrt(1 - d^2) p_u + d * fresh
+    growth: float = 0.25  # a returning user rates about growth * ratings_per_user more anime
+    pop_drift_sd: float = 0.3  # drift of the old anime's log exposure
+    new_exposure: float = 0.5  # extra log exposure of the new anime
+
+
+LATER = LaterParams()
+
 # cells of the (chunk users x items) matrices; fixes the chunk size as a function of items only
 _CHUNK_CELLS = 1 << 22
 
@@ -218,7 +259,8 @@ _CHUNK_CELLS = 1 << 22
 # Public API
 
 def generate(out_dir, users: int = 600, items: int = 800, ratings_per_user: int = 60, segments: int = 5,
-             factors: int = 8, unrated_fraction: float = 0.1, seed: int = 0) -> dict:
+             factors: int = 8, unrated_fraction: float = 0.1, seed: int = 0, later=None,
+             later_params: LaterParams = LATER) -> dict:
     """Write a synthetic data set in the mal2020 raw schema, with its planted truth.
 
     Args:
@@ -230,15 +272,22 @@ def generate(out_dir, users: int = 600, items: int = 800, ratings_per_user: int 
         factors: dimension of the planted user / item latent factors.
         unrated_fraction: share of the watched ``animelist.csv`` rows with score 0.
         seed: seed of every random draw.
+        later: a folder for the later snapshot of the same world (see the module docstring), or
+            None for none. Must not be ``out_dir``.
+        later_params: the later snapshot's knobs (``LaterParams``).
 
     Returns:
         ``{"out_dir", "files": {name: path}, "rows": {name: rows written}, "users", "items",
-        "params"}``; ``rows`` counts data rows (header excluded).
+        "params"}``; ``rows`` counts data rows (header excluded). With ``later``, also
+        ``"later"``: the same keys for the later folder plus ``"new_users"``, ``"returning_users"``,
+        ``"new_items"``.
 
     Raises:
         ConfigError: on arguments out of range.
     """
     _check(users, items, ratings_per_user, segments, factors, unrated_fraction)
+    if later is not None:
+        _check_later(Path(out_dir), Path(later), later_params)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     P = PARAMS
@@ -259,8 +308,15 @@ def generate(out_dir, users: int = 600, items: int = 800, ratings_per_user: int 
     files = {name: str(out / name) for name in FILES}
     rows = {"anime.csv": len(anime), "anime_with_synopsis.csv": len(syn), "rating_complete.csv": n_rated,
             "animelist.csv": n_list, "watching_status.csv": 5}
-    return {"out_dir": str(out), "files": files, "rows": rows, "users": users, "items": items,
+    info = {"out_dir": str(out), "files": files, "rows": rows, "users": users, "items": items,
             "params": asdict(P)}
+    if later is not None:
+        info["later"] = _generate_later(Path(later), truth, cat, ratings_per_user, unrated_fraction, seed, P,
+                                        later_params, first_params={
+                                            "users": users, "items": items, "ratings_per_user": ratings_per_user,
+                                            "segments": segments, "factors": factors,
+                                            "unrated_fraction": unrated_fraction, "seed": seed})
+    return info
 
 
 def load_truth(out_dir) -> dict:
@@ -321,14 +377,10 @@ def _genre_rows(item_genres: np.ndarray) -> np.ndarray:
     return g / np.sqrt(np.maximum(k, 1.0))
 
 
-def _plant(n_users, n_items, ratings_per_user, n_seg, n_fac, seed, P: SynthParams) -> dict:
+def _plant_items(r: np.random.Generator, n_items: int, n_fac: int, P: SynthParams):
+    """Genres (items x genres, bool), bias, factors and log exposure of ``n_items`` anime."""
     n_gen = len(GENRES)
     counts = np.array([c for _, c in GENRE_COUNTS], dtype=np.float64)
-
-    # items: ids, genres, biases, factors, exposure (independent of the number of users)
-    r = child_rng(seed, "synth/items")
-    span = max(48_492, 3 * n_items)  # real MAL ids run to 48,492 with gaps
-    item_ids = np.sort(r.choice(span, size=n_items, replace=False) + 1).astype(np.int64)
     k = r.choice(4, size=n_items, p=[.28, .3, .24, .18]) + 1
     k[r.random(n_items) < P.no_genre] = 0
     w = np.log(counts ** 0.75)  # flattened real frequencies: rare genres still get anime
@@ -340,6 +392,18 @@ def _plant(n_users, n_items, ratings_per_user, n_seg, n_fac, seed, P: SynthParam
     item_factors = r.normal(0.0, 1.0, (n_items, n_fac)) * math.sqrt(P.pq_sd / math.sqrt(n_fac))
     rho = P.pop_bias_corr
     log_pop = P.pop_sd * (rho * quality + math.sqrt(1 - rho * rho) * r.normal(size=n_items))
+    return item_genres, item_bias, item_factors, log_pop
+
+
+def _plant(n_users, n_items, ratings_per_user, n_seg, n_fac, seed, P: SynthParams) -> dict:
+    n_gen = len(GENRES)
+    counts = np.array([c for _, c in GENRE_COUNTS], dtype=np.float64)
+
+    # items: ids, genres, biases, factors, exposure (independent of the number of users)
+    r = child_rng(seed, "synth/items")
+    span = max(48_492, 3 * n_items)  # real MAL ids run to 48,492 with gaps
+    item_ids = np.sort(r.choice(span, size=n_items, replace=False) + 1).astype(np.int64)
+    item_genres, item_bias, item_factors, log_pop = _plant_items(r, n_items, n_fac, P)
 
     # segments: favourite genres disjoint across segments while there are enough of them
     r = child_rng(seed, "synth/segments")
@@ -395,10 +459,151 @@ def _plant(n_users, n_items, ratings_per_user, n_seg, n_fac, seed, P: SynthParam
 
 
 # ---------------------------------------------------------------------------------------------
+# The later snapshot
+
+def _check_later(out: Path, later: Path, L: LaterParams) -> None:
+    if out.resolve() == later.resolve():
+        raise ConfigError(f"synth: the later snapshot needs its own folder, not {str(later)!r} (the first set's)")
+    for name in ("new_users", "new_items"):
+        v = getattr(L, name)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < -1:
+            raise ConfigError(f"synth.later.{name} must be an integer >= 0 (or -1 for the default), got {v!r}")
+    for name, hi in (("returning", 1.0), ("factor_drift", 1.0), ("taste_drift_sd", math.inf),
+                     ("user_drift_sd", math.inf), ("growth", math.inf), ("pop_drift_sd", math.inf),
+                     ("new_exposure", math.inf)):
+        v = getattr(L, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 <= v <= hi) or math.isnan(v):
+            raise ConfigError(f"synth.later.{name} must be a number in [0, {hi}], got {v!r}")
+    if L.new_users == 0 and L.returning == 0:
+        raise ConfigError("synth.later: no users (new_users = 0 and returning = 0)")
+
+
+def _generate_later(out: Path, truth: dict, cat: pd.DataFrame, ratings_per_user: int, unrated_fraction: float,
+                    seed: int, P: SynthParams, L: LaterParams, first_params: dict) -> dict:
+    """Write the later snapshot of the world ``truth`` / ``cat`` describe (module docstring)."""
+    out.mkdir(parents=True, exist_ok=True)
+    n_users0, n_items0 = len(truth["user_ids"]), len(truth["item_ids"])
+    n_seg, n_gen = truth["segment_taste"].shape
+    n_fac = truth["item_factors"].shape[1]
+    n_new_u = L.new_users if L.new_users >= 0 else max(1, n_users0 // 2)
+    n_new_i = L.new_items if L.new_items >= 0 else max(1, n_items0 // 5)
+    later_seed = child_seed(seed, "synth/later")
+
+    # anime: the old ones (same ids and parameters, drifted exposure) + new ones above the largest id
+    r = child_rng(seed, "synth/later/items")
+    new_ids = truth["item_ids"].max() + np.cumsum(1 + r.geometric(0.5, n_new_i)).astype(np.int64)
+    g_new, b_new, f_new, pop_new = _plant_items(r, n_new_i, n_fac, P)
+    pop_old = truth["item_log_popularity"] + r.normal(0.0, L.pop_drift_sd, n_items0)
+
+    # taste drift of the segments
+    r = child_rng(seed, "synth/later/segments")
+    taste0 = truth["segment_taste"]
+    taste1 = taste0 + r.normal(0.0, L.taste_drift_sd, taste0.shape)
+
+    # users: returning (a share of the first ones, drifted) + new ones above the largest id
+    r = child_rng(seed, "synth/later/users")
+    n_items1 = n_items0 + n_new_i
+    min_r = min(5, ratings_per_user)
+    cap = max(min_r, int(0.6 * n_items1))
+    scale = math.sqrt(P.pq_sd / math.sqrt(n_fac))
+    n_ret = int(round(L.returning * n_users0))
+    ret = np.sort(r.choice(n_users0, size=n_ret, replace=False)).astype(np.int64)
+    seg_ret = truth["user_segment"][ret]
+    taste_ret = (truth["user_taste"][ret] + (taste1 - taste0)[seg_ret]
+                 + r.normal(0.0, L.user_drift_sd, (n_ret, n_gen)))
+    d = L.factor_drift
+    fac_ret = (math.sqrt(1.0 - d * d) * truth["user_factors"][ret]
+               + d * r.normal(0.0, 1.0, (n_ret, n_fac)) * scale)
+    nr_ret = np.clip(truth["n_rated"][ret] + r.poisson(L.growth * ratings_per_user, n_ret), min_r, cap)
+    ids_new = truth["user_ids"].max() + np.cumsum(1 + (r.random(n_new_u) < 0.05)).astype(np.int64)
+    seg_new = r.choice(n_seg, size=n_new_u, p=truth["segment_share"])
+    taste_new = taste1[seg_new] + r.normal(0.0, P.user_taste_sd, (n_new_u, n_gen))
+    bias_new = r.normal(0.0, P.user_bias_sd, n_new_u)
+    fac_new = r.normal(0.0, 1.0, (n_new_u, n_fac)) * scale
+    mu = math.log(ratings_per_user) - P.count_sigma ** 2 / 2
+    nr_new = np.clip(np.rint(r.lognormal(mu, P.count_sigma, n_new_u)), min_r, cap)
+
+    later = {
+        "user_ids": np.concatenate([truth["user_ids"][ret], ids_new]).astype(np.int64),
+        "item_ids": np.concatenate([truth["item_ids"], new_ids]), "genres": truth["genres"],
+        "item_genres": np.vstack([truth["item_genres"], g_new]),
+        "user_segment": np.concatenate([seg_ret, seg_new]).astype(np.int64),
+        "segment_taste": taste1, "segment_favourites": truth["segment_favourites"],
+        "segment_share": truth["segment_share"],
+        "user_taste": np.vstack([taste_ret, taste_new]).astype(np.float32),
+        "user_bias": np.concatenate([truth["user_bias"][ret], bias_new]),
+        "user_factors": np.vstack([fac_ret, fac_new]),
+        "item_bias": np.concatenate([truth["item_bias"], b_new]),
+        "item_factors": np.vstack([truth["item_factors"], f_new]),
+        "item_log_popularity": np.concatenate([pop_old, pop_new + L.new_exposure]),
+        "rating_thresholds": truth["rating_thresholds"],
+        "n_rated": np.concatenate([nr_ret, nr_new]).astype(np.int64),
+        "item_new": np.r_[np.zeros(n_items0, bool), np.ones(n_new_i, bool)],
+        "first_user_index": np.r_[ret, np.full(n_new_u, -1, np.int64)],
+        "segment_drift": taste1 - taste0,
+    }
+
+    # catalogue: the first rows as they were, the new anime's rows drawn as the first ones were
+    new_truth = {k: later[k][n_items0:] for k in ("item_ids", "item_genres", "item_bias", "item_log_popularity")}
+    new_truth.update({k: later[k] for k in ("segment_share", "segment_taste", "rating_thresholds")})
+    cat_new = _catalogue(new_truth, later_seed, P) if n_new_i else cat.iloc[:0]
+    cat_new = cat_new.assign(Name=_unique_names(cat["Name"].tolist(), cat_new["Name"].tolist()))
+    both = pd.concat([cat, cat_new], ignore_index=True)
+    _rerank(both)
+    anime = both.loc[:, list(ANIME_COLUMNS)]
+    anime.to_csv(out / "anime.csv", index=False, lineterminator="\n")
+    syn = both.loc[~both["_hentai"].astype(bool), list(SYNOPSIS_COLUMNS)]
+    syn.to_csv(out / "anime_with_synopsis.csv", index=False, lineterminator="\n")
+    (out / "watching_status.csv").write_bytes(WATCHING_STATUS)
+    episodes = both["_episodes"].to_numpy(np.int32)
+    n_rated, n_list = _write_interactions(out, later, unrated_fraction, later_seed, P, episodes=episodes)
+    later["item_episodes"] = episodes
+    _write_npz(out / "truth.npz", later, params={**first_params, **asdict(P),
+                                                  "later": asdict(L), "later_of": first_params})
+    return {"out_dir": str(out), "files": {name: str(out / name) for name in FILES},
+            "rows": {"anime.csv": len(anime), "anime_with_synopsis.csv": len(syn), "rating_complete.csv": n_rated,
+                     "animelist.csv": n_list, "watching_status.csv": 5},
+            "users": n_ret + n_new_u, "items": n_items1, "new_users": n_new_u, "returning_users": n_ret,
+            "new_items": n_new_i, "later_params": asdict(L)}
+
+
+def _unique_names(taken: list, names: list) -> list:
+    """``names`` with a " (n)" suffix where one is already in ``taken`` (or earlier in ``names``),
+    so that a name still finds one anime in the later catalogue."""
+    used = set(taken)
+    out = []
+    for name in names:
+        cand, n = name, 1
+        while cand in used:
+            n += 1
+            cand = f"{name} ({n})"
+        used.add(cand)
+        out.append(cand)
+    return out
+
+
+def _rerank(frame: pd.DataFrame) -> None:
+    """``Popularity`` (by Members) and ``Ranked`` (by Score, among the ranked) over the whole
+    frame, in place, as the first catalogue computes them."""
+    ids = frame["MAL_ID"].to_numpy()
+    members = frame["Members"].to_numpy()
+    pop = np.empty(len(frame), dtype=np.int64)
+    pop[np.lexsort((ids, -members))] = np.arange(1, len(frame) + 1)
+    frame["Popularity"] = pop
+    score = pd.to_numeric(frame["Score"], errors="coerce").fillna(-np.inf).to_numpy()
+    ranked = (frame["Ranked"] != "Unknown").to_numpy()
+    order = np.lexsort((ids, -score))
+    rank = np.empty(len(frame), dtype=np.int64)
+    rank[order] = np.arange(1, len(frame) + 1)
+    frame["Ranked"] = np.where(ranked, np.char.mod("%d.0", rank), "Unknown")
+
+
+# ---------------------------------------------------------------------------------------------
 # Users' lists and ratings, chunk by chunk
 
 def _write_interactions(out: Path, truth: dict, unrated_fraction: float, seed: int,
-                        P: SynthParams) -> tuple[int, int]:
+                        P: SynthParams, episodes: np.ndarray | None = None,
+                        stream: str = "synth/chunk") -> tuple[int, int]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
@@ -406,7 +611,8 @@ def _write_interactions(out: Path, truth: dict, unrated_fraction: float, seed: i
     m = _genre_rows(truth["item_genres"]).astype(np.float32)
     q = truth["item_factors"].astype(np.float32)
     log_pop = truth["item_log_popularity"].astype(np.float32)
-    episodes = _episodes_internal(truth, seed)
+    if episodes is None:
+        episodes = _episodes_internal(truth, seed)
     thresholds = truth["rating_thresholds"]
     odds = unrated_fraction / (1.0 - unrated_fraction)
     chunk = max(1, _CHUNK_CELLS // n_items)
@@ -418,7 +624,7 @@ def _write_interactions(out: Path, truth: dict, unrated_fraction: float, seed: i
         f_list.write((",".join(ANIMELIST_COLUMNS) + "\n").encode())
         for c, start in enumerate(range(0, n_users, chunk)):
             u = np.arange(start, min(start + chunk, n_users))
-            r = np.random.default_rng(child_seed(seed, f"synth/chunk/{c}"))
+            r = np.random.default_rng(child_seed(seed, f"{stream}/{c}"))
             rows = _chunk(u, truth, m, q, log_pop, episodes, thresholds, odds, r, P)
             rc = pa.table({"user_id": rows["user_id"][rows["rate_order"]],
                            "anime_id": rows["anime_id"][rows["rate_order"]],
