@@ -161,6 +161,11 @@ class RunFolder:
 
         import pandas as pd
 
+        from research import locking
+
+        # one process per run folder (a second `animerec run` of the same config exits 2 naming
+        # the first's pid); held until finish() or the process ends
+        locking.acquire(self.path)
         done: dict = {}
         status = self.path / "status.json"
         if self.path.exists():
@@ -190,6 +195,9 @@ class RunFolder:
         write_json(self.file("metrics.json"), self.metrics)
         atomic_write_text(self.file("table.md"), table)
         write_json(self.file("status.json"), {"status": "finished", "finished": time.time()})
+        from research import locking
+
+        locking.release(self.path)
 
     # ---- data of the run -----------------------------------------------------------------
     def write_meta(self, meta) -> None:

@@ -112,3 +112,38 @@ def test_meta_round_trips_without_pickle(tmp_path):
     np.testing.assert_array_equal(back.items.values, meta.items.values)
     assert back.item_names(np.arange(5)) == meta.item_names(np.arange(5))
     pd.testing.assert_frame_equal(back.item_table, meta.item_table)
+
+
+def _hold_lock(folder, ready, stop):
+    from research import locking
+
+    locking.acquire(folder)
+    ready.set()
+    stop.wait(30)
+
+
+def test_a_second_process_cannot_open_a_live_run_folder(tmp_path):
+    """RunFolder.open takes research.locking's lock: while another process holds a run folder,
+    opening it raises Locked (exit 2 at the CLI) naming that pid; once it ends, it opens."""
+    import multiprocessing as mp
+
+    from research import locking
+    from research import results as R
+
+    folder = tmp_path / "runs" / "x" / "abc-seed0"
+    ctx = mp.get_context("spawn")
+    ready, stop = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_lock, args=(folder, ready, stop))
+    p.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(locking.Locked, match=str(p.pid)):
+            R.RunFolder(folder, tmp_path).open()
+    finally:
+        stop.set()
+        p.join(30)
+    rf = R.RunFolder(folder, tmp_path)
+    assert rf.open() == {} and folder.is_dir()
+    rf.metrics = {"models": {}}
+    rf.finish("")
+    assert folder not in locking.held()
