@@ -254,6 +254,15 @@ def _recommend_list(args, show_unknown: int = 5) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from research.verify import verify
+
+    verify(_resolve_run(args.run), Path(args.raw), file=args.file, source=args.source, seed=args.seed,
+           min_rows=args.min_rows, fold_in_fraction=args.fold_in_fraction, models=args.model or None,
+           allow_pickle=args.allow_pickle)
+    return 0
+
+
 def cmd_similar(args, what: str) -> int:
     from research.experiment import load_model, load_run
     from research.models.base import NotSupported
@@ -346,6 +355,22 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("target", help="a run folder or an experiment name")
     sp.add_argument("--port", type=int, default=6006)
     sp.set_defaults(func=cmd_tensorboard)
+
+    sp = sub.add_parser("verify", help="fold a later file's users into a run's models and score them "
+                                       "(the study's verification on later data)")
+    sp.add_argument("--run", required=True, help="run folder or experiment name")
+    sp.add_argument("--raw", required=True, help="folder with the later file (the run's source schema)")
+    sp.add_argument("--file", default="", help="ratings file in --raw (default: the source's, e.g. "
+                                               "rating_complete.csv; animelist.csv keeps score-0 rows as watched)")
+    sp.add_argument("--source", default="", choices=["", "mal2020", "cooperunion2017", "generic"],
+                    help="the file's schema (default: the run's source)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the history / target division")
+    sp.add_argument("--min-rows", type=int, default=5, help="users with fewer usable rows are counted and left out")
+    sp.add_argument("--fold-in-fraction", type=float, default=0.8, help="share of each user's rows folded in")
+    sp.add_argument("--model", action="append", help="only this model of the run (repeatable; default: all)")
+    sp.add_argument("--allow-pickle", action="store_true",
+                    help="let a Surprise peer model load from its pickle (only for run folders you trust)")
+    sp.set_defaults(func=cmd_verify)
 
     for name, help_, what in (("recommend", "top-k for one user", "rank"),
                               ("similar-anime", "nearest anime", "items"),
