@@ -203,3 +203,122 @@ def test_lazy_adam_updates_only_batch_rows_and_matches_adam_first_step():
     assert np.array_equal(out["lazy"][1][untouched], init[untouched])
     assert not np.allclose(out["lazy"][1][[1, 3]], init[[1, 3]])
     np.testing.assert_allclose(out["lazy"][1][[1, 3]], out["adam"][1][[1, 3]], atol=1e-5)
+
+
+# ---- user_history (SVD++ with the unscored rows as implicit feedback) -----------------------
+HIST = dict(FAST, user_history=True, history_l2=1.0)
+
+
+def _data_unscored(seed=0, n=2500, unscored=0.15):
+    """``_data`` with a share of the rows turned into "watched, not scored" (NaN) rows."""
+    ds, _ = _data(seed, n)
+    frame = ds.interactions.to_frame()
+    rng = np.random.default_rng(seed + 100)
+    rating = frame["rating"].to_numpy().copy()
+    rating[rng.random(len(rating)) < unscored] = np.nan
+    inter = ds.interactions
+    from research.data.interactions import Interactions
+
+    data = Interactions(inter.user, inter.item, rating, inter.meta)
+    return ds, random_split(data, 0.2, 0.1, seed=0)
+
+
+def test_history_term_matches_hand_computation_including_an_unscored_row():
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    # user 1: anime 10, 11 rated and 12 watched without a score; user 2: anime 10, 13 rated
+    df = pd.DataFrame({"user": [1, 1, 1, 2, 2], "item": [10, 11, 12, 10, 13],
+                       "rating": [8.0, 6.0, np.nan, 9.0, 3.0]})
+    ds = build_dataset(df)
+    train = ds.interactions
+    m = EmbeddingDot(dim=3, epochs=2, batch_size=2, learning_rate=0.05, l2=1.0, user_history=True,
+                     init_std=0.3, seed=0).fit(train)
+    P = m.model.user_embedding.embeddings.numpy()
+    Y = m.model.history_embedding.embeddings.numpy()
+    u1, u2 = ds.meta.users.index([1, 2])
+    n1, n2 = ds.meta.items.index([10, 11, 12]), ds.meta.items.index([10, 13])
+    want = {u1: P[u1] + Y[n1].sum(0) / np.sqrt(3), u2: P[u2] + Y[n2].sum(0) / np.sqrt(2)}
+    for u, vec in want.items():
+        np.testing.assert_allclose(m.user_vectors()[u], vec, rtol=1e-5, atol=1e-6)
+    # without the unscored anime the vector would differ: it is part of N(u)
+    assert not np.allclose(m.user_vectors()[u1], P[u1] + Y[n1[:2]].sum(0) / np.sqrt(2), atol=1e-4)
+    # the graph's forward pass (the one trained) computes the same r̂
+    users, items = np.array([u1, u1, u2]), ds.meta.items.index([12, 13, 11])
+    Q, bu, bi = m._Q, m._bu, m._bi
+    hand = m.fit_state["mu"] + bu[users] + bi[items] + np.array([want[u] @ Q[i] for u, i in zip(users, items)])
+    np.testing.assert_allclose(m.predict_features({"user": users, "item": items}), hand, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(m.score(users)[np.arange(3), items], hand, rtol=1e-5, atol=1e-5)
+
+
+def test_history_gradient_touches_only_the_batch_users_history_rows():
+    import tensorflow as tf
+
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data_unscored()
+    m = EmbeddingDot(**dict(HIST, epochs=1)).fit(split.train)
+    feats = m.features(split.train, training=True)
+    batch = {k: tf.constant(v[:16]) for k, v in feats.items()}
+    y = m.model.history_embedding.embeddings
+    with tf.GradientTape() as tape:
+        loss = m.model.compute_loss(batch, training=True)
+    grad = tape.gradient(loss, y)
+    assert isinstance(grad, tf.IndexedSlices)  # a sparse update: LazyAdam touches these rows only
+    hist = m.training_histories()
+    want = np.unique(hist[np.unique(feats["user"][:16])].indices)
+    assert np.array_equal(np.unique(grad.indices.numpy()), want)
+    assert len(want) < ds.meta.n_items
+
+
+def test_unscored_rows_never_enter_the_loss():
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data_unscored()
+    train = split.train
+    assert (~train.rated).sum() > 50
+    for hist in (False, True):
+        m = EmbeddingDot(**dict(FAST, user_history=hist, history_l2=1.0), seed=3)
+        m.meta, m.fit_state = train.meta, m.prepare(train)
+        feats = m.features(train, training=True)
+        assert len(feats["rating"]) == train.rated.sum() and np.isfinite(feats["rating"]).all()
+    # without the history term the unscored rows change nothing at all
+    a = EmbeddingDot(**FAST, seed=3).fit(train, split.val)
+    b = EmbeddingDot(**FAST, seed=3).fit(train.only_rated(), split.val)
+    assert np.array_equal(a.score(np.arange(10)), b.score(np.arange(10)))
+    # with it they enter N(u) only: the loss stays finite, and the histories hold every row
+    h = EmbeddingDot(**HIST, seed=3).fit(train, split.val)
+    assert np.isfinite(h.history["loss"]).all() and np.isfinite(h.history["val_rmse"]).all()
+    assert h.training_histories().nnz == train.to_csr().nnz > train.only_rated().to_csr().nnz
+
+
+def test_history_save_load_round_trip(tmp_path):
+    from research.models.keras.common import KerasRecommender
+
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data_unscored()
+    m = EmbeddingDot(**HIST, seed=2).fit(split.train, split.val)
+    m.save(tmp_path / "model")
+    with np.load(tmp_path / "model" / "arrays.npz", allow_pickle=False) as z:  # data only
+        assert {"hist_indptr", "hist_items", "history_count"} <= set(z.files)
+    back = KerasRecommender.load(tmp_path / "model", ds.meta)
+    assert type(back) is EmbeddingDot and back.get_config() == m.get_config() and back.user_history
+    users = np.arange(ds.meta.n_users)
+    assert np.array_equal(back.score(users), m.score(users))
+    assert np.array_equal(back.predict(split.test.user, split.test.item), m.predict(split.test.user, split.test.item))
+    np.testing.assert_allclose(back.predict_features({"user": split.test.user, "item": split.test.item}),
+                               m.predict_features({"user": split.test.user, "item": split.test.item}), atol=1e-6)
+    again = EmbeddingDot(**HIST, seed=2).fit(split.train, split.val)  # same seed, same numbers
+    assert np.array_equal(again.score(users), m.score(users))
+
+
+def test_history_model_beats_bias_on_synthetic_data():
+    from research.eval.harness import evaluate
+    from research.models.baselines import Bias
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data_unscored()
+    m = EmbeddingDot(**dict(HIST, epochs=15), seed=0).fit(split.train, split.val)
+    rmse = evaluate(m, split).summary["rmse"]
+    base = evaluate(Bias().fit(split.train), split).summary["rmse"]
+    assert rmse < 0.95 * base, (rmse, base)
