@@ -116,9 +116,11 @@ def verify(run_dir, raw_dir, *, file: str = "", source: str = "", seed: int = 0,
     if not len(target):
         raise ConfigError(f"verify: no user of {raw_dir} has {min_rows} rows of anime the run knows "
                           f"(dropped: {dropped})")
-    # candidates: anime with a row in the run's train + validation, over the later users' index
+    # the run's train + validation rows, over the later data's meta: they give the candidates (anime
+    # with a row) and novelty's popularity shares (rows per anime / training users), so their user
+    # column keeps the run's user indices (only their count matters; never looked up in data.meta)
     coo = seen.tocoo()
-    known = Interactions(np.zeros(coo.nnz, np.int32), coo.col, np.ones(coo.nnz, np.float32), data.meta)
+    known = Interactions(coo.row, coo.col, np.ones(coo.nnz, np.float32), data.meta)
 
     eval_cfg = cfg.get("eval", {})
     k = int(eval_cfg.get("k", 10))

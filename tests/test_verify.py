@@ -45,6 +45,8 @@ def test_verify_on_the_later_snapshot(world):
     # the planted taste carries over a "year": the best fold-in model beats popularity (measured
     # on this world: ease 0.438, popularity 0.344, item_knn at its defaults 0.302)
     assert max(ndcg.values()) > ndcg["popularity"] and ndcg["ease"] > ndcg["popularity"]
+    # novelty's popularity shares are the run's (users of the run, not of the later file)
+    assert all(s["novelty@10"] > 0 for s in rep["models"].values())
     on_disk = json.loads((run_dir / "verify.json").read_text())
     assert on_disk["models"] == json.loads(json.dumps(rep["models"]))
 
