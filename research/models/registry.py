@@ -21,6 +21,7 @@ MODELS: dict[str, str] = {
     "blend": "research.models.blend:Blend",
     # Keras / TensorFlow Recommenders
     "embedding_dot": "research.models.keras.embedding_dot:EmbeddingDot",
+    "svdpp": "research.models.keras.embedding_dot:SVDpp",
     "recommendernet": "research.models.keras.recommendernet:RecommenderNet",
     "two_tower": "research.models.keras.two_tower:TwoTower",
     "dnn": "research.models.keras.dnn:DNN",
@@ -34,7 +35,7 @@ MODELS: dict[str, str] = {
     "implicit_bpr": "research.models.peers:ImplicitBPR",
 }
 
-KERAS_MODELS = {"embedding_dot", "recommendernet", "two_tower", "dnn", "multvae", "autorec"}
+KERAS_MODELS = {"embedding_dot", "svdpp", "recommendernet", "two_tower", "dnn", "multvae", "autorec"}
 #: the peers' models (extra "peers"): absent from the contract suite, which needs no extra
 PEER_MODELS = {name for name, where in MODELS.items() if where.startswith("research.models.peers:")}
 
