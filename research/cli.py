@@ -18,7 +18,7 @@ def _config(args):
 def cmd_run(args) -> int:
     from research.experiment import run
 
-    run(_config(args), quiet=args.quiet)
+    run(_config(args), quiet=args.quiet, keep_finished=args.keep_finished)
     return 0
 
 
@@ -304,6 +304,9 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     sp = with_config(sub.add_parser("run", help="fit and evaluate every model in a config"))
+    sp.add_argument("--keep-finished", action="store_true",
+                    help="keep the seeds whose run of this exact config already finished (default: run every "
+                         "seed again; an interrupted one resumes)")
     sp.add_argument("-q", "--quiet", action="store_true")
     sp.set_defaults(func=cmd_run)
 

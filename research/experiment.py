@@ -58,13 +58,30 @@ def run_folder(cfg: Config, seed: int) -> R.RunFolder:
                        cfg.results_path)
 
 
-def run(cfg: Config, quiet: bool = False) -> list[Path]:
-    """Run ``cfg`` for each of its seeds. Returns the run folders."""
+def finished(cfg: Config, seed: int) -> Path | None:
+    """The run folder of (cfg, seed) if a run of this exact config (same hash) finished there."""
+    path = run_folder(cfg, seed).path
+    status = path / "status.json"
+    if status.is_file() and R.read_json(status).get("status") == "finished" and (path / "metrics.json").is_file():
+        return path
+    return None
+
+
+def run(cfg: Config, quiet: bool = False, keep_finished: bool = False) -> list[Path]:
+    """Run ``cfg`` for each of its seeds. Returns the run folders. ``keep_finished``: a seed whose
+    folder holds a finished run of this config is kept as it is (not refitted); by default every
+    seed is run again (an unfinished one resumes)."""
     build_models(cfg, int(cfg.seeds[0]) if cfg.seeds else 0)  # config errors before any loading
-    dataset = load_dataset(cfg, quiet=quiet)
+    todo = [int(s) for s in cfg.seeds if not (keep_finished and finished(cfg, int(s)))]
+    dataset = load_dataset(cfg, quiet=quiet) if todo else None
     run_dirs = []
-    for seed in cfg.seeds:
-        run_dirs.append(run_seed(cfg, dataset, int(seed), quiet=quiet))
+    for seed in (int(s) for s in cfg.seeds):
+        if seed not in todo:
+            if not quiet:
+                print(f"[animerec] seed {seed}: kept the finished run {finished(cfg, seed)}", file=sys.stderr)
+            run_dirs.append(finished(cfg, seed))
+            continue
+        run_dirs.append(run_seed(cfg, dataset, seed, quiet=quiet))
     return run_dirs
 
 

@@ -147,3 +147,15 @@ def test_a_second_process_cannot_open_a_live_run_folder(tmp_path):
     rf.metrics = {"models": {}}
     rf.finish("")
     assert folder not in locking.held()
+
+
+def test_keep_finished_skips_a_finished_seed_and_reruns_by_default(tmp_path):
+    from research.experiment import run
+
+    cfg = _cfg(tmp_path)
+    first = run(cfg, quiet=True)[0]
+    stamp = (first / "status.json").read_text()
+    assert run(cfg, quiet=True, keep_finished=True) == [first]
+    assert (first / "status.json").read_text() == stamp  # not refitted
+    assert run(cfg, quiet=True)[0] == first
+    assert (first / "status.json").read_text() != stamp  # run again by default
