@@ -519,7 +519,7 @@ def read_catalogue(path: Path, kind: str, delimiter: str = ",", id_names: tuple 
     last row (``duplicate``); lines that are not UTF-8 are decoded as Windows-1252
     (``rows_flagged["encoding_fallback"]``).
     """
-    stats = FileStats(path.name, V.sha256_file(path, delimiter=delimiter))  # long lines end here
+    stats = FileStats(path.name, V.sha256_file(path, V.MAX_CATALOGUE_LINE_BYTES, delimiter))  # before reading it all
     data = path.read_bytes()
     if not data:
         raise DataError(path, "the file is empty (0 bytes)", line=1)
@@ -639,7 +639,7 @@ def read_status_codes(path: Path | None) -> tuple[np.ndarray | None, FileStats |
     """The watching_status codes (``status, description`` header, with a space)."""
     if path is None:
         return None, None
-    stats = FileStats(path.name, V.sha256_file(path))
+    stats = FileStats(path.name, V.sha256_file(path, V.MAX_CATALOGUE_LINE_BYTES))
     text = V.decode_text(path, path.read_bytes(), stats)
     locator = Locator(path, ",", True, text=text)
     _no_duplicate_names(path, V.split_line(text.split("\n", 1)[0].rstrip("\r"), ","))

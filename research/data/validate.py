@@ -25,11 +25,12 @@ Decisions recorded here so both paths apply them the same way:
 * Ratings are stored as float32: a finite rating that would become ``inf`` or (nonzero) ``0`` in
   that cast is an error, like any other bad rating.
 * A header that names a column twice (case-insensitively) is an error: which one is meant?
-* A physical line longer than ``MAX_LINE_BYTES`` (1 MiB; a rating line is ~20 bytes, the longest
-  catalogue line of the real MAL files a few KB) is an error naming its line, found while the file
-  is hashed (``sha256_file``), before pandas would buffer it: a file with no line breaks (a binary
-  file, a 2 GB one-line header) ends there, in linear time and bounded memory. A column name longer
-  than ``MAX_NAME_CHARS`` is an error too.
+* A physical line of a ratings file longer than ``MAX_LINE_BYTES`` (1 MiB; a rating line is ~20
+  bytes) is an error naming its line, found while the file is hashed (``sha256_file``), before
+  pandas would buffer it: a file with no line breaks (a binary file, a 2 GB one-line header) ends
+  there, in linear time and bounded memory. Catalogues (read whole, where a synopsis may be long)
+  allow ``MAX_CATALOGUE_LINE_BYTES`` (64 MiB). A column name longer than ``MAX_NAME_CHARS`` is an
+  error too.
 * Lines of only spaces and tabs are skipped as pandas skips them (they are not records); reported
   lines are always the file's physical lines.
 """
@@ -70,7 +71,8 @@ def short(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
-MAX_LINE_BYTES = 1 << 20  # longest physical line accepted (see the module docstring)
+MAX_LINE_BYTES = 1 << 20  # longest physical line of a ratings file (see the module docstring)
+MAX_CATALOGUE_LINE_BYTES = 1 << 26  # of a catalogue (read whole; a synopsis can be long)
 MAX_NAME_CHARS = 256  # longest column name accepted in a header
 
 
@@ -107,8 +109,8 @@ def _check_line_at(path: Path, start: int, max_line: int, delimiter: str) -> Non
     column = None
     if b'"' not in text:  # no quoting: the field the limit falls in is told by the delimiters
         column = text.count(delimiter.encode("latin-1")) + 1
-    raise DataError(path, f"the line is longer than {human_size(max_line)}, the longest line accepted (a "
-                          f"rating or catalogue line is far shorter: the wrong file, or no line breaks?)",
+    raise DataError(path, f"the line is longer than {human_size(max_line)}, the longest line accepted "
+                          f"in this file (the wrong file, or no line breaks?)",
                     line=line, column=column)
 
 
@@ -251,9 +253,9 @@ def read_head(path: Path) -> Head:
 
 
 def split_line(line: str, delimiter: str) -> list[str]:
-    """Fields of one CSV line (quote-aware; any field up to ``MAX_LINE_BYTES`` long)."""
-    if csv.field_size_limit() < MAX_LINE_BYTES:
-        csv.field_size_limit(MAX_LINE_BYTES)
+    """Fields of one CSV line (quote-aware; any field up to ``FIELD_LIMIT`` long)."""
+    if csv.field_size_limit() < FIELD_LIMIT:
+        csv.field_size_limit(FIELD_LIMIT)
     rows = list(csv.reader([line], delimiter=delimiter))
     return rows[0] if rows else []
 
