@@ -703,6 +703,9 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     seed_everything(seed)
     split = make_split(dataset.interactions, cfg.split, seed)
     out = tuning_dir(cfg, seed)
+    from research import locking
+
+    locking.acquire(out)  # one search per tuning folder (a second one exits 2 naming this pid)
     _check_data(out, split, quiet)
     out.mkdir(parents=True, exist_ok=True)
     R.RunFolder(out, cfg.results_path).start({**cfg.to_dict(), "seed": seed}, seed, dataset.manifest)
