@@ -162,6 +162,9 @@ def test_bias_folds_in_the_user_bias(fitted, data):
     model = fitted("bias")
     users, h = own_history(data[0].train)
     np.testing.assert_allclose(model.user_bias(h), model.bu[users], rtol=0, atol=1e-12)
+    # and the fold-in ratings are the fitted model's predictions for those users
+    rows, items = np.repeat(np.arange(3), 4), np.tile(np.arange(4), 3)
+    np.testing.assert_allclose(model.predict_history(h, rows, items), model.predict(users[rows], items), atol=1e-9)
 
 
 def test_user_knn_without_the_self_mark_finds_itself(fitted, data):

@@ -68,10 +68,16 @@ class PlainNoFoldIn(Popularity):
 
 
 class RatingFoldIn(Bias):
-    """Bias with a fold-in rating prediction: μ + b_i + the folded-in user bias."""
+    """Bias with an unclipped fold-in rating prediction: μ + b_i + the folded-in user bias."""
 
     def predict_history(self, history, rows, items):
         return self.mu + self.bi[items] + self.user_bias(history)[rows]
+
+
+class NoRatingFoldIn(Bias):
+    """Predicts ratings for its training users, folds a ranking in, but has no predict_history."""
+
+    predict_history = None
 
 
 CASE = {
@@ -137,7 +143,7 @@ def test_relevance_threshold_applies_to_targets():
 
 def test_rating_metrics_only_from_a_fold_in_prediction():
     s = _heldout_split(CASE)
-    bias = Bias().fit(s.train)
+    bias = NoRatingFoldIn().fit(s.train)
     res = evaluate(bias, s, k=2)
     assert "rmse" not in res.summary and "mae" not in res.summary  # predicts, but cannot fold in ratings
     assert "ndcg@2" in res.summary

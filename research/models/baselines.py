@@ -93,6 +93,13 @@ class Bias(Recommender):
         history = self.check_history(history)
         return np.broadcast_to(self.bi, (len(history), len(self.bi)))
 
+    def predict_history(self, history: History, rows, items) -> np.ndarray:
+        """Fold-in ratings μ + b_u + b_i of (history row, anime) pairs, b_u from ``user_bias``,
+        clipped as ``predict``: the rating reference point of held-out users and ``verify``."""
+        bu = self.user_bias(history)
+        p = self.mu + bu[np.asarray(rows)] + self.bi[np.asarray(items)]
+        return np.clip(p, self.lo, self.hi) if self.clip else p
+
 
 class Popularity(Recommender):
     """Ranks items by their number of training interactions (rated or not). No ratings."""
