@@ -74,6 +74,12 @@ class RatingFoldIn(Bias):
         return self.mu + self.bi[items] + self.user_bias(history)[rows]
 
 
+class NoRankingNoFoldIn(GlobalMean):
+    """Neither a ranking nor a fold-in rating prediction: nothing to measure on held-out users."""
+
+    predict_history = None
+
+
 class NoRatingFoldIn(Bias):
     """Predicts ratings for its training users, folds a ranking in, but has no predict_history."""
 
@@ -168,7 +174,9 @@ def test_models_that_cannot_be_measured_raise_not_supported():
     with pytest.raises(NotSupported, match="no fold-in"):
         evaluate(PlainNoFoldIn().fit(s.train), s)
     with pytest.raises(NotSupported, match="nothing to measure"):
-        evaluate(GlobalMean().fit(s.train), s)  # no ranking, no rating fold-in
+        evaluate(NoRankingNoFoldIn().fit(s.train), s)  # no ranking, no rating fold-in
+    res = evaluate(GlobalMean().fit(s.train), s)  # no ranking, but a rating fold-in: rmse only
+    assert "rmse" in res.summary and "ndcg@10" not in res.summary
 
 
 # ---- the runner end to end -------------------------------------------------------------------
@@ -200,16 +208,16 @@ def test_runner_heldout_end_to_end(tmp_path, monkeypatch):
     ds = _planted()
     d = run_seed(cfg, ds, 0, quiet=True)
     m = json.loads((d / "metrics.json").read_text())
-    assert list(m["models"]) == ["popularity", "item_knn"]
-    assert set(m["skipped"]) == {"global_mean", "nofold", "plain"}
+    assert list(m["models"]) == ["popularity", "item_knn", "global_mean"]
+    assert "rmse" in m["models"]["global_mean"] and "ndcg@10" not in m["models"]["global_mean"]
+    assert set(m["skipped"]) == {"nofold", "plain"}
     assert "no per-user step" in m["skipped"]["nofold"] and "no fold-in" in m["skipped"]["plain"]
-    assert "nothing to measure" in m["skipped"]["global_mean"]
     assert not (d / "models" / "plain").exists()  # skipped before fitting: nothing saved
     assert sum(m["rows"].values()) == len(ds.interactions)
     assert m["split"].startswith("users(")
     table = (d / "table.md").read_text()
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
-    assert rows == ["model", "popularity", "item_knn"]  # the skipped models are no row, never 0
+    assert rows == ["model", "popularity", "item_knn", "global_mean"]  # skipped models are no row, never 0
     assert "Not measured on held-out users" in table and "nofold" in table
     # the numbers are the harness's on the same split, and only test users are in per_user.csv
     split = make_split(ds.interactions, cfg.split, 0)

@@ -31,6 +31,11 @@ class GlobalMean(Recommender):
         history = self.check_history(history)
         return np.full((len(history), self.meta.n_items), self.mu)
 
+    def predict_history(self, history: History, rows, items) -> np.ndarray:
+        """The mean for every pair (held-out users' rating reference point)."""
+        self.check_history(history)
+        return np.full(len(np.asarray(rows)), self.mu)
+
 
 class Bias(Recommender):
     """r̂(u, i) = μ + b_u + b_i with damped (shrunk) biases, fitted by alternating updates:
