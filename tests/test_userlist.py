@@ -198,7 +198,7 @@ def test_map_list_statuses_unknown_and_duplicates(tmp_path, meta):
     assert m.exclude.tolist() == [0, 1, 2, 3, 4, 5, 6]  # but never recommended back
     assert [(u.line, u.what) for u in m.unknown] == [(7, "name 'Naru'"), (8, "anime_id 4242"),
                                                      (9, "name 'Nothing Like It'")]
-    assert "ambiguous (2 anime: Naruto, Naruto: Shippuuden" in m.unknown[0].reason
+    assert "ambiguous (2 anime: Naruto (id 99), Naruto: Shippuuden (id 918)" in m.unknown[0].reason
     assert "not in this run's catalogue" in m.unknown[1].reason
     h = m.history(meta.n_items)
     assert h.seen.shape == (1, 7) and h.seen.nnz == 6 and h.rated.nnz == 4

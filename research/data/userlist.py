@@ -3,7 +3,7 @@
 Two formats, told apart by the content (the first non-blank character ``<`` means XML):
 
 * **CSV** with a header (line 1). One of ``anime_id`` (a MyAnimeList id) or ``name`` (resolved
-  against the run's catalogue as ``similar-anime --anime`` resolves names, ``match_name``) is
+  against the run's catalogue as ``similar-anime --anime`` resolves names, ``AnimeNames``) is
   required; both may be given (a row with an empty ``anime_id`` then uses its ``name``). Optional:
   ``score`` (``rating`` in the older copy of mal2020's ``animelist.csv``), ``watching_status``
   (``status``), ``user_id``; other columns (``watched_episodes`` ...) are ignored. So the rows of one
@@ -41,8 +41,11 @@ references are parse errors. UTF-16 files are refused (convert to UTF-8). Files 
 size, without being read.
 
 Unknown anime (an id not in the run's item vocabulary, a name matching nothing, or one matching
-several anime) are never dropped silently: ``map_list`` returns them with their line and reason,
-and the CLI prints their count and the first few.
+several anime) are never dropped silently: ``map_list`` returns them with their line and reason
+(an ambiguous name lists its first candidates with ids, most members first; an unmatched one gets
+a fuzzy did-you-mean), and the CLI prints their count and the first few. Names are matched by
+``AnimeNames`` (tiers exact > exact ignoring punctuation > prefix > substring; romaji ``Name`` and,
+when the item table has them, English and Japanese names), the resolver of ``similar-anime`` too.
 """
 from __future__ import annotations
 
@@ -50,6 +53,8 @@ import csv
 import html
 import io
 import math
+import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from research.data import validate as V
-from research.errors import DataError
+from research.errors import ConfigError, DataError
 
 #: files larger than this are refused unread
 MAX_LIST_BYTES = 32 << 20
@@ -374,35 +379,177 @@ def _xml_row(path: Path, elem, starts: dict) -> ListRow:
 # ---------------------------------------------------------------------------------------------
 # Names and ids -> the run's item index
 
+#: item-table columns holding other names of an anime (used when the catalogue adapter keeps them)
+ALT_NAME_COLUMNS = ("english_name", "japanese_name")
+#: how many candidates an ambiguous name lists, and how many did-you-mean suggestions are given
+SHOW_CANDIDATES, SHOW_SUGGESTIONS = 8, 5
+
+
+def _plain(text: str) -> str:
+    """Lower case, HTML entities unescaped, NFKC (full-width forms), blanks collapsed."""
+    t = unicodedata.normalize("NFKC", html.unescape(str(text))).lower()
+    return " ".join(t.split())
+
+
+def _loose(text: str) -> str:
+    """``_plain`` with punctuation as blanks ("Fullmetal Alchemist:Brotherhood" = "...: Brotherhood")."""
+    return " ".join(re.sub(r"[\W_]+", " ", _plain(text)).split())
+
+
+class AmbiguousName(ConfigError):
+    """A name that resolves to several anime (``candidates``) or to none (``suggestions``)."""
+
+    def __init__(self, message: str, candidates=(), suggestions=()):
+        super().__init__(message)
+        self.candidates, self.suggestions = list(candidates), list(suggestions)
+
+
 class AnimeNames:
-    """Anime names of a run's catalogue (``meta.item_table["name"]``, HTML entities already
-    unescaped by the adapter), for ``similar-anime --anime`` and the ``name`` of a list.
+    """Anime names of a run's catalogue, for ``similar-anime --anime`` and the ``name`` of a list.
 
-    ``match_name(text)``: the item indices whose name equals ``text`` (case-insensitive, HTML
-    entities in ``text`` unescaped, surrounding blanks ignored); if none, those whose name
-    contains it; in index order. One index = resolved; several = ambiguous; none = unknown."""
+    Titles: ``meta.item_table["name"]`` (MAL's romaji ``Name``, HTML entities unescaped by the
+    adapter), plus the ``english_name`` / ``japanese_name`` columns when the item table has them,
+    plus ``extra`` ({anime id: [names]}, e.g. ``catalogue_names(anime.csv)``).
 
-    def __init__(self, meta):
+    ``match_name(text)`` ranks the anime a text names, by tier then by ``members`` (most first; the
+    item index breaks ties):
+
+    1. **exact**: a title equal to the text (case-insensitive, HTML entities unescaped, blanks
+       collapsed; punctuation counts, so "Gintama" is not "Gintama'");
+    2. **exact, punctuation ignored** ("fullmetal alchemist brotherhood");
+    3. **prefix**: a title starting with the text (punctuation ignored);
+    4. **substring**: a title containing it.
+
+    Only the first non-empty tier is returned. One anime = resolved; several = ambiguous (listed,
+    never picked); none = unknown, with ``suggest(text)``'s fuzzy did-you-mean."""
+
+    def __init__(self, meta, extra: dict | None = None):
         table = meta.item_table
-        names = table["name"] if table is not None and "name" in table else None
-        self.low = None if names is None else names.fillna("").astype(str).str.lower()
-        self.exact: dict[str, list[int]] = {}
-        if self.low is not None:
-            for i, n in enumerate(self.low.str.strip().tolist()):
-                if n:
-                    self.exact.setdefault(n, []).append(i)
+        n = meta.n_items
+        titles: list[tuple[int, str]] = []
+        if table is not None:
+            for col in ("name", *ALT_NAME_COLUMNS):
+                if col in table:
+                    titles += [(i, v) for i, v in enumerate(table[col].tolist())
+                               if isinstance(v, str) and v.strip() and v.strip().lower() != "unknown"]
+        if extra:
+            idx = meta.items.index(np.fromiter(extra, dtype=np.int64, count=len(extra)), missing="mask")
+            for i, names in zip(idx, extra.values()):
+                if i >= 0:
+                    titles += [(int(i), v) for v in names if isinstance(v, str) and v.strip()]
+        self.meta = meta
+        self.available = bool(titles)
+        self.title_index = np.array([i for i, _ in titles], dtype=np.int64)
+        self.plain = [_plain(t) for _, t in titles]
+        self.loose = [_loose(t) for _, t in titles]
+        self.by_plain: dict[str, set] = {}
+        self.by_loose: dict[str, set] = {}
+        for i, p, q in zip(self.title_index.tolist(), self.plain, self.loose):
+            self.by_plain.setdefault(p, set()).add(i)
+            self.by_loose.setdefault(q, set()).add(i)
+        members = table["members"].to_numpy(np.float64) if table is not None and "members" in table else np.zeros(n)
+        self.members = np.nan_to_num(members, nan=-1.0)
+
+    def _ranked(self, found) -> list[int]:
+        found = np.fromiter(set(found), dtype=np.int64)
+        return found[np.lexsort((found, -self.members[found]))].tolist()
+
+    def lookup(self, text: str) -> tuple[str | None, list[int]]:
+        """(tier, ranked item indices) of the first tier that matches, (None, []) if none does."""
+        p, q = _plain(text), _loose(text)
+        if not p or not self.available:
+            return None, []
+        if p in self.by_plain:
+            return "exact", self._ranked(self.by_plain[p])
+        if q and q in self.by_loose:
+            return "exact", self._ranked(self.by_loose[q])
+        if not q:
+            return None, []
+        pre = [i for i, t in zip(self.title_index.tolist(), self.loose) if t.startswith(q)]
+        if pre:
+            return "prefix", self._ranked(pre)
+        sub = [i for i, t in zip(self.title_index.tolist(), self.loose) if q in t]
+        if sub:
+            return "substring", self._ranked(sub)
+        return None, []
 
     def match_name(self, text: str) -> list[int]:
-        t = html.unescape(text).strip().lower()
-        if not t or self.low is None:
+        """The item indices ``text`` names, best first (see the class docstring)."""
+        return self.lookup(text)[1]
+
+    def suggest(self, text: str, n: int = SHOW_SUGGESTIONS) -> list[int]:
+        """Did-you-mean: up to ``n`` anime whose title (or the title's start, for a short text) is
+        close to ``text`` by ``difflib``'s ratio (>= 0.75 whole title, >= 0.8 its start), closest
+        first, then most members."""
+        import difflib
+
+        q = _loose(text)
+        if not q or not self.available:
             return []
-        if t in self.exact:
-            return list(self.exact[t])
-        return self.low.str.contains(t, regex=False).to_numpy().nonzero()[0].tolist()
+        scored: dict[int, float] = {}
+        whole = difflib.get_close_matches(q, list(self.by_loose), n=4 * n, cutoff=0.75)
+        for t in whole:
+            r = difflib.SequenceMatcher(None, q, t).ratio()
+            for i in self.by_loose[t]:
+                scored[i] = max(scored.get(i, 0.0), r)
+        if not scored:
+            heads: dict[str, set] = {}
+            for i, t in zip(self.title_index.tolist(), self.loose):
+                if len(t) > len(q):
+                    heads.setdefault(t[:len(q)], set()).add(i)
+            for t in difflib.get_close_matches(q, list(heads), n=4 * n, cutoff=0.8):
+                r = difflib.SequenceMatcher(None, q, t).ratio()
+                for i in heads[t]:
+                    scored[i] = max(scored.get(i, 0.0), r)
+        order = sorted(scored, key=lambda i: (-round(scored[i], 6), -self.members[i], i))
+        return order[:n]
+
+    def describe(self, items) -> str:
+        """"Name (id N), ..." for item indices."""
+        items = list(items)
+        return ", ".join(f"{nm} (id {self.meta.items.ids(i)})" for nm, i in zip(self.meta.item_names(items), items))
+
+    def resolve(self, text: str, what: str = "name") -> int:
+        """The one anime ``text`` names, else ``AmbiguousName`` listing the candidates (most members
+        first) or the did-you-mean suggestions."""
+        tier, found = self.lookup(text)
+        if len(found) == 1:
+            return found[0]
+        shown = text.strip()
+        if found:
+            more = f", and {len(found) - SHOW_CANDIDATES} more" if len(found) > SHOW_CANDIDATES else ""
+            raise AmbiguousName(
+                f"{what} {shown!r} is ambiguous: {len(found)} anime match ({tier} match, most members first): "
+                f"{self.describe(found[:SHOW_CANDIDATES])}{more}; give the anime id or the full name", candidates=found)
+        near = self.suggest(text)
+        hint = f"; did you mean {self.describe(near)}?" if near else ""
+        if not self.available:
+            hint = " (this run's catalogue has no names: give an anime id)"
+        raise AmbiguousName(f"no anime with {what} {shown!r} in this run's catalogue{hint}", suggestions=near)
+
+
+def catalogue_names(path, columns=("English name", "Japanese name")) -> dict[int, list[str]]:
+    """{MAL_ID: [other names]} from a mal2020 ``anime.csv`` (``Unknown`` and empty cells left out),
+    for ``AnimeNames(meta, extra=...)`` while the item table keeps only ``Name``."""
+    import pandas as pd
+
+    head = pd.read_csv(path, nrows=0).columns
+    use = [c for c in columns if c in head]
+    t = pd.read_csv(path, usecols=["MAL_ID", *use], dtype=str, keep_default_na=False)
+    out: dict[int, list[str]] = {}
+    for row in t.itertuples(index=False):
+        names = [html.unescape(v.strip()) for v in row[1:] if v.strip() and v.strip().lower() != "unknown"]
+        if names and row[0].strip().isdigit():
+            out[int(row[0])] = names
+    return out
 
 
 def resolve_anime(meta, text: str, names: AnimeNames | None = None) -> list[int]:
-    """``similar-anime --anime``: a MyAnimeList id of the run, else ``match_name``."""
+    """``similar-anime --anime``: a MyAnimeList id of the run, else the one anime ``text`` names
+    (``AnimeNames.resolve``): ``[index]``. An ambiguous name raises ``AmbiguousName`` (a
+    ``ConfigError``: one line, exit 2) listing the candidates, most members first; an unknown one
+    raises it with a did-you-mean. A number that is no id of the run is tried as a name (titles
+    such as "86" exist)."""
     if text.strip().lstrip("-").isdigit():
         try:
             idx = int(meta.items.index(int(text), missing="mask"))
@@ -410,7 +557,7 @@ def resolve_anime(meta, text: str, names: AnimeNames | None = None) -> list[int]
             idx = -1
         if idx >= 0:
             return [idx]
-    return (names or AnimeNames(meta)).match_name(text)
+    return [(names or AnimeNames(meta)).resolve(text, "id or name" if text.strip().lstrip("-").isdigit() else "name")]
 
 
 def map_list(ul: UserList, meta, first: int = 3) -> MappedList:
@@ -434,9 +581,11 @@ def map_list(ul: UserList, meta, first: int = 3) -> MappedList:
         if len(found) == 1:
             known.append((found[0], r))
         elif not found:
-            unknown.append(Unknown(r.line, f"name {V.short(r.name)}", "matches no anime of this run"))
+            near = names.suggest(r.name, first)
+            hint = f" (did you mean {names.describe(near)}?)" if near else ""
+            unknown.append(Unknown(r.line, f"name {V.short(r.name)}", f"matches no anime of this run{hint}"))
         else:
-            shown = ", ".join(meta.item_names(found[:first]))
+            shown = names.describe(found[:first])
             unknown.append(Unknown(r.line, f"name {V.short(r.name)}",
                                    f"is ambiguous ({len(found)} anime: {shown}{', ...' if len(found) > first else ''}; "
                                    f"give the exact name or the anime_id)"))
