@@ -354,9 +354,15 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--quick", action="store_true", help="small sizes (CI)")
     sp.set_defaults(func=cmd_bench)
 
-    sp = sub.add_parser("tensorboard", help="TensorBoard on a run's logs, bound to 127.0.0.1")
+    sp = sub.add_parser("tensorboard", help="TensorBoard on a run's logs, bound to 127.0.0.1",
+                        description="Serve a run's (or an experiment's) TensorBoard logs on 127.0.0.1: "
+                                    "Keras models' epoch scalars, one HParams session per (model, seed) with "
+                                    "its test metrics, the item-embedding projector with anime names. Warns "
+                                    "when the target has no logs yet (and serves: TensorBoard reloads); exits "
+                                    "2 with TensorBoard's message when it cannot start (e.g. port in use); "
+                                    "Ctrl-C or SIGTERM stops it (exit 0).")
     sp.add_argument("target", help="a run folder or an experiment name")
-    sp.add_argument("--port", type=int, default=6006)
+    sp.add_argument("--port", type=int, default=6006, help="port on 127.0.0.1 (default 6006)")
     sp.set_defaults(func=cmd_tensorboard)
 
     sp = sub.add_parser("verify", help="fold a later file's users into a run's models and score them "

@@ -128,7 +128,12 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
             skipped[spec.name] = str(exc)
             R.write_json(folder.file("metrics.json"), folder.metrics)
             continue
-        folder.add_model(spec.name, {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}, model, res)
+        measured = {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
+        folder.add_model(spec.name, measured, model, res)
+        from research import tb  # the (model, seed) as an HParams session, without TensorFlow
+
+        tb.log_model_session(model.log_dir, spec, model, {"seed": seed, "experiment": cfg.experiment}, measured,
+                             session=f"{config_hash(cfg)}-seed{seed}/{spec.name}")
     table = markdown_table([folder.metrics["models"]], cfg.eval.k)
     if skipped:
         table += "\nNot measured on held-out users: " + "; ".join(f"{n} ({why})" for n, why in skipped.items()) + "\n"

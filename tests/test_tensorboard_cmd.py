@@ -1,6 +1,9 @@
 """``animerec tensorboard`` serves a run's logs on 127.0.0.1 and prints the URL; a bad target is a
-one-line error."""
+one-line error; an empty target is warned about; the HParams writer needs no TensorFlow.
+(tests/test_tensorboard_server.py queries a real server on a real run.)"""
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -20,9 +23,12 @@ def _free_port() -> int:
 def test_serves_on_loopback(tmp_path, capsys):
     (tmp_path / "logs").mkdir()
     port = _free_port()
-    proc = tb.serve(str(tmp_path), port=port, block=False)
+    server = tb.serve(str(tmp_path), port=port, block=False)
+    proc = server.proc
     try:
-        assert f"http://127.0.0.1:{port}/" in capsys.readouterr().out
+        out, err = capsys.readouterr()
+        assert f"http://127.0.0.1:{port}/" in out
+        assert "nothing to show yet" in err  # no event files below it
         deadline, status = time.time() + 90, None
         while time.time() < deadline and status is None:
             try:
@@ -32,10 +38,34 @@ def test_serves_on_loopback(tmp_path, capsys):
                 time.sleep(0.5)
         assert status == 200
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
+    assert proc.poll() is not None
 
 
 def test_unknown_target_is_a_config_error():
     with pytest.raises(ConfigError, match="no run or experiment folder"):
         tb.log_dir("no/such/run")
+
+
+def test_session_is_written_without_tensorflow(tmp_path):
+    code = ("import sys; from research import tb; "
+            f"tb.write_session({str(tmp_path)!r}, {{'k': 5, 'shrink': 1.5, 'x': None}}, "
+            "{'rmse': 1.25, 'bad': float('nan'), 'name': 'x'}, session='s'); "
+            "print('tensorflow' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "False"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert set(acc.Tags()["tensors"]) == {"_hparams_/session_start_info", "test/rmse"}  # nan and text left out
+    assert float(tensor_util.make_ndarray(acc.Tensors("test/rmse")[0].tensor_proto)) == 1.25
+    meta = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    info = plugin_data_pb2.HParamsPluginData.FromString(meta).session_start_info
+    assert info.hparams["k"].number_value == 5 and info.hparams["x"].string_value == "None"
+    # written again (a resumed run): still one session file
+    tb.write_session(tmp_path, {"k": 6}, {"rmse": 1.0}, session="s")
+    assert len(list(tmp_path.glob("events.out.tfevents.*.hparams"))) == 1

@@ -31,8 +31,9 @@ exactly ``N`` epochs (Hyperband's resource) with early stopping unless ``early_s
 Logging and checkpoints (only when folders are set):
 
 - ``log_dir`` (set by the runner): TensorBoard scalars per epoch (``train/`` and ``validation/``:
-  ``epoch_loss``, ``epoch_rmse``, ...) and, after fit, the item-embedding projector
-  (``embedding.ckpt-1*``, ``metadata.tsv``, ``projector_config.pbtxt``) with anime names.
+  ``epoch_loss``, ``epoch_rmse``, ...) and, after fit, the item-embedding projector in ``log_dir``
+  itself, a TensorBoard run of its own (``projector_config.pbtxt``, ``metadata.tsv`` with anime
+  names, ``embedding.tsv``; the same vectors as ``embedding.ckpt-1*``).
 - ``checkpoint_dir`` (constructor argument), else ``<log_dir>/../ckpt/<basename of log_dir>``:
   ``tf.keras.callbacks.BackupAndRestore`` state after every epoch, plus the history and the
   early-stopping state, so a fit interrupted after epoch ``e`` resumes at ``e + 1`` and ends exactly
@@ -461,6 +462,8 @@ class KerasRecommender(Recommender):
         """
         from tensorboard.plugins import projector
 
+        from research import tb
+
         vecs = self.item_vectors()
         if vecs is None:
             raise NotImplementedError(f"{type(self).__name__} has no item vectors")
@@ -477,13 +480,23 @@ class KerasRecommender(Recommender):
             fh.write("name\tanime_id\n")
             for name, i in zip(names, ids):
                 fh.write(f"{clean(name)}\t{i}\n")
-        weights = tf.Variable(np.asarray(vecs)[items].astype(np.float32), name="item_embedding")
-        tf.train.Checkpoint(embedding=weights).save(str(log_dir / "embedding.ckpt"))
+        table = np.asarray(vecs)[items].astype(np.float32)
+        # The projector reads the vectors from embedding.tsv, named relative to the config, so the
+        # folder can move. No checkpoint state file ("checkpoint"): with one, the projector would also
+        # attach these vectors, without names, to the train/ and validation/ runs below (it looks for a
+        # checkpoint in a run's parent folder). The same vectors as a TF checkpoint: embedding.ckpt-1.
+        np.savetxt(log_dir / "embedding.tsv", table, delimiter="\t", fmt="%.7g")
+        (log_dir / "checkpoint").unlink(missing_ok=True)  # an older export's state file
+        tf.train.Checkpoint(embedding=tf.Variable(table, name="item_embedding")).write(
+            str(log_dir / "embedding.ckpt-1"))
         config = projector.ProjectorConfig()
         emb = config.embeddings.add()
-        emb.tensor_name = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+        emb.tensor_name = "item_embedding"
+        emb.tensor_path = "embedding.tsv"
+        emb.tensor_shape.extend(table.shape)
         emb.metadata_path = "metadata.tsv"
         projector.visualize_embeddings(str(log_dir), config)
+        tb.mark_run(log_dir)  # the projector only reads configs in the folders of runs
         return log_dir
 
     # ---- persistence ---------------------------------------------------------------------
