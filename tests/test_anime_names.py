@@ -103,8 +103,10 @@ def test_real_catalogue_did_you_mean_and_ambiguity(real):
 
 def test_real_catalogue_english_and_japanese_names(real):
     meta, path = real
-    # the item table keeps only MAL's Name; catalogue_names reads the other two columns
-    assert "english_name" not in meta.item_table
+    # the item table carries MAL's English and Japanese names beside Name (the loader reads them)
+    assert {"english_name", "japanese_name"} <= set(meta.item_table.columns)
+    names = userlist.AnimeNames(meta)
+    assert meta.items.ids(names.resolve("Attack on Titan")) == 16498  # English: Shingeki no Kyojin
     names = userlist.AnimeNames(meta, extra=userlist.catalogue_names(path))
     assert meta.items.ids(names.resolve("Attack on Titan")) == 16498  # English: Shingeki no Kyojin
     assert meta.items.ids(names.resolve("進撃の巨人")) == 16498  # Japanese

@@ -498,6 +498,8 @@ def frame_of(cols: dict) -> pd.DataFrame:
 
 _CAT_ALIASES = {
     "name": ("name", "title"),
+    "english_name": ("english name", "english_name"),  # mal2020's anime.csv: name lookup (similar-anime)
+    "japanese_name": ("japanese name", "japanese_name"),
     "genres": ("genres", "genre"),
     "type": ("type",),
     "studios": ("studios", "studio"),
@@ -571,6 +573,8 @@ def read_catalogue(path: Path, kind: str, delimiter: str = ",", id_names: tuple 
         unknown = np.array([v.lower() in _UNKNOWN for v in values], dtype=bool)
         if col == "name":
             out[col] = pd.Series([html.unescape(v) if v else np.nan for v in values], dtype="str")
+        elif col in ("english_name", "japanese_name"):  # "Unknown" = no such name
+            out[col] = pd.Series([np.nan if u else html.unescape(v) for v, u in zip(values, unknown)], dtype="str")
         elif col in ("genres", "studios"):
             out[col] = [[] if u else [g.strip() for g in v.split(",") if g.strip()] for v, u in zip(values, unknown)]
         elif col in ("type", "source"):
@@ -598,7 +602,7 @@ def read_catalogue(path: Path, kind: str, delimiter: str = ",", id_names: tuple 
     return table, stats
 
 
-_COLUMN_ORDER = ("name", "genres", "type", "studios", "source", "episodes", "score", "members", "synopsis")
+_COLUMN_ORDER = ("name", "english_name", "japanese_name", "genres", "type", "studios", "source", "episodes", "score", "members", "synopsis")
 
 
 def read_item_table(plan: Plan) -> tuple[pd.DataFrame | None, dict]:
