@@ -69,3 +69,15 @@ def test_session_is_written_without_tensorflow(tmp_path):
     # written again (a resumed run): still one session file
     tb.write_session(tmp_path, {"k": 6}, {"rmse": 1.0}, session="s")
     assert len(list(tmp_path.glob("events.out.tfevents.*.hparams"))) == 1
+
+
+@pytest.mark.keras
+def test_tensorflow_start_up_logs_are_silenced_unless_asked_for():
+    code = "import research, tensorflow as tf; print(float(tf.constant(2.0) + 1))"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "3.0"
+    assert quiet.stderr == ""  # no oneDNN / CUDA / absl lines
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"})  # the user's own value wins
+    assert loud.returncode == 0 and "oneDNN" in loud.stderr
