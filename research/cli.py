@@ -169,7 +169,7 @@ def _item_index(meta, anime: str) -> int:
 
 def cmd_recommend(args) -> int:
     from research.experiment import load_model, load_run
-    from research.explain import explain_recommendations
+    from research.explain import explain_recommendations, score_meaning
 
     if args.list is not None:
         return _recommend_list(args)
@@ -180,7 +180,7 @@ def cmd_recommend(args) -> int:
     u = _user_index(meta, args.user)
     for line in explain_recommendations(run_dir, model, meta, u, args.k):
         print(line)
-    print(f"(model: {name}; run: {run_dir})")
+    print(f"(model: {name}; score: {score_meaning(model)}; run: {run_dir})")
     return 0
 
 
@@ -197,7 +197,7 @@ def _recommend_list(args, show_unknown: int = 5) -> int:
     from research.data import userlist
     from research.errors import DataError
     from research.experiment import load_model, load_run, load_seen
-    from research.explain import explain_history
+    from research.explain import explain_history, score_meaning
     from research.models.base import NotSupported, PickleRefused
     from research.results import read_json
 
@@ -250,7 +250,7 @@ def _recommend_list(args, show_unknown: int = 5) -> int:
     print(f"top {args.k} for this list ({len(mapped.items)} anime folded in), by {name}:")
     for line in explain_history(model, meta, mapped.items, mapped.ratings, items[0], vals[0]):
         print(line)
-    print(f"(model: {name}; run: {run_dir})")
+    print(f"(model: {name}; score: {score_meaning(model)}; run: {run_dir})")
     return 0
 
 
