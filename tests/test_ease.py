@@ -191,7 +191,7 @@ def test_explain_terms_sum_to_the_score():
 
 
 def test_explain_hook_names_the_top_contribution():
-    from research.explain import _reason
+    from research.explain import _Reasons
 
     data = hand_data()
     m = EASE(lam=0.5).fit(data)
@@ -201,9 +201,9 @@ def test_explain_hook_names_the_top_contribution():
     assert best[1] > 0
     row = sp.csr_matrix((np.nan_to_num(data.rating, nan=0.0), (data.user, data.item)),
                         shape=(data.n_users, data.n_items))[user]
-    line = _reason(m, item, row.indices, row.data, None, data.meta, user)
+    line = _Reasons(m, data.meta, row.indices, row.data, user=user).reason(item)
     assert line.startswith("because you ") and f"Anime {best[0] + 1}" in line
-    assert f"(contribution {best[1]:.3f})" in line
+    assert f"contribution {best[1]:.3f}" in line
 
 
 def test_fitted_attributes_are_data_only():
