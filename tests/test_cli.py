@@ -125,3 +125,22 @@ def test_unwritable_results_dir_is_a_clean_error(tmp_path):
 def test_bad_k_is_refused(args, needle):
     p = animerec("recommend", "--run", "nowhere", "--user", "1", *args)
     assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr
+
+
+def test_animerec_data_pointing_at_nothing_is_an_error_not_a_fallback(tmp_path):
+    """ANIMEREC_DATA given but empty: exit 2 naming the folders looked in, never synthetic numbers;
+    a ratings file missing from a real folder is named with its full path."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'experiment = "x"\nresults_dir = "{tmp_path / "results"}"\n'
+                   '[data]\nsource = "mal2020"\nfallback_to_synth = true\n[models.popularity]\n')
+    env = {**os.environ, "ANIMEREC_DATA": str(empty)}
+    p = animerec("run", cfg, "-q", env=env)
+    _assert_clean_error(p, str(empty.resolve() / "mal2020"))
+    assert not (tmp_path / "results").exists()
+    (empty / "mal2020").mkdir()
+    (empty / "mal2020" / "anime.csv").write_text("MAL_ID,Name\n1,Cowboy Bebop\n")
+    cfg.write_text(cfg.read_text().replace('fallback_to_synth', 'ratings = "nope.csv"\nfallback_to_synth'))
+    p = animerec("run", cfg, "-q", env=env)
+    _assert_clean_error(p, str(empty.resolve() / "mal2020" / "nope.csv"))

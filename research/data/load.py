@@ -37,6 +37,10 @@ def find_raw(source: str, path: str = "") -> Path | None:
         for cand in (Path(env) / source, Path(env)):
             if cand.is_dir() and any(cand.iterdir()):
                 return cand
+        # a location was given and holds nothing: say so, never fall back to synthetic numbers
+        raise ConfigError(f"ANIMEREC_DATA={env}: no {source} data there (looked in "
+                          f"{Path(env).resolve() / source} and {Path(env).resolve()}); point it at the "
+                          f"folder holding {source}/, or unset it to use the synthetic generator")
     local = REPO_ROOT / "data" / "raw" / source
     return local if local.is_dir() else None
 
@@ -76,8 +80,9 @@ def load_dataset(cfg: Config, quiet: bool = False) -> Dataset:
                 raise ConfigError(f"no {source} data found: set data.path, or ANIMEREC_DATA, "
                                   f"or put the files in data/raw/{source}/")
             if not quiet:
-                print(f"[animerec] no {source} data found (ANIMEREC_DATA unset); using the synthetic "
-                      f"generator instead", file=sys.stderr)
+                print(f"[animerec] no {source} data given (ANIMEREC_DATA unset, no data.path, nothing in "
+                      f"{REPO_ROOT / 'data' / 'raw' / source}); using the synthetic generator instead",
+                      file=sys.stderr)
             raw, adapter, name = ensure_synth(cfg), "mal2020", "synth"
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, ratings="", catalogue="", synopsis=""))
     frame, item_table, manifest = sources.load(adapter, raw, cfg.data)

@@ -152,7 +152,8 @@ def _configured(raw_dir: Path, name: str, what: str) -> Path:
     p = Path(os.path.expanduser(name))
     p = p if p.is_absolute() else raw_dir / p
     if not _is_data_file(p):
-        raise ConfigError(f"data.{what}: {name!r} not found (looked for {p})")
+        raise ConfigError(f"data.{what}: {name!r} not found (looked for {p.resolve()}, in the raw folder "
+                          f"{raw_dir.resolve()})")
     return p
 
 
