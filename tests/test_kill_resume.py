@@ -70,7 +70,8 @@ def test_sigkill_mid_fit_then_resume_gives_identical_metrics(tmp_path):
     assert ckpt is not None, "no checkpoint appeared"
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    (run,) = list((tmp_path / "killed" / "runs" / "kill").iterdir())
+    # the run folder (beside it, the lock file the killed process left: flock died with it)
+    (run,) = [d for d in (tmp_path / "killed" / "runs" / "kill").iterdir() if d.is_dir()]
     assert json.loads((run / "status.json").read_text())["status"] == "running"
 
     p = _run(cfg)

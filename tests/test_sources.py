@@ -52,8 +52,8 @@ def test_mal2020_rating_complete_sample(shared_data):
     cat = pd.read_csv(raw / "anime.csv", dtype=str, keep_default_na=False)
     syn = pd.read_csv(raw / "anime_with_synopsis.csv", dtype=str, keep_default_na=False)
     assert len(table) == len(cat) == 17_562 and table.index.dtype == np.int64
-    assert list(table.columns) == ["name", "genres", "type", "studios", "source", "episodes", "score", "members",
-                                   "synopsis"]
+    assert list(table.columns) == ["name", "english_name", "japanese_name", "genres", "type", "studios", "source",
+                                   "episodes", "score", "members", "synopsis"]
     assert int(table.episodes.isna().sum()) == int((cat.Episodes == "Unknown").sum()) == 516
     assert int(table.score.isna().sum()) == int((cat.Score == "Unknown").sum())
     assert table.loc[1, "genres"] == ["Action", "Adventure", "Comedy", "Drama", "Sci-Fi", "Space"]
