@@ -1,6 +1,7 @@
 """The Recommender contract for every registered model that needs neither TensorFlow nor a peer:
 top-k lists are k unique unseen items sorted by score, predictions lie on the rating scale, the
-same seed gives the same scores, and nearest-neighbour queries never return the query.
+same seed gives the same scores, nearest-neighbour queries never return the query, and fold-in
+either scores a user known only by a list or raises NotSupported.
 
 Every model of the registry is here (the peers' have their own suite, ``test_peers.py``, since
 they need the "peers" extra); a new model joins by its registry line, with small parameters in
@@ -146,3 +147,31 @@ def test_similar_shapes_never_the_query(name, side, fitted, split):
     assert ((ids >= 0) & (ids < n)).all()
     assert (ids != query[:, None]).all()
     assert (sims[:, :-1] >= sims[:, 1:]).all()
+
+
+#: the models that fold a user in at their contract parameters (the others raise NotSupported;
+#: two_tower only with user_id = false, tested in tests/test_two_tower.py)
+FOLDS_IN = {"global_mean", "bias", "popularity", "user_knn", "item_knn", "content", "kmeans", "ease",
+            "embedding_dot", "svdpp", "multvae"}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fold_in_scores_a_new_user_or_says_it_cannot(name, fitted, split):
+    """Fold-in through the one interface: a user known only by a list gets (n, n_items) finite
+    scores and a list without their own anime, or NotSupported — never zeros. Exactness per
+    model against ``score`` is in tests/test_fold_in.py and the Keras models' own files."""
+    from research.models.base import History
+
+    model = fitted[name]
+    rows = split.test.user == split.test.user[0]
+    items, ratings = split.test.item[rows], split.test.rating[rows]
+    h = History.from_lists([items, items[:2]], [ratings, ratings[:2]], n_items=split.train.n_items)
+    if name not in FOLDS_IN:
+        with pytest.raises(NotSupported):
+            model.score_history(h)
+        return
+    s = model.score_history(h)
+    assert s.shape == (2, split.train.n_items) and np.isfinite(s).all()
+    if getattr(model, "ranks", True):
+        top, _ = model.recommend_history(h, k=K)
+        assert not np.isin(top[0], items).any() and not np.isin(top[1], items[:2]).any()
