@@ -11,11 +11,13 @@
 | ``fullsize`` | ``prepare`` + one embedding_dot epoch at 1M / 10M / 57M rows: seconds, peak RSS | ``bench.fullsize`` |
 | ``serving`` | top-10 latency per user (p50, p99): brute force and faiss | ``bench.serving`` |
 | ``autoencoders`` | ease / multvae fit time, training and scoring users/s, peak RSS: sample, 5k, 310k x 17.5k synthetic | ``bench.autoencoders`` |
+| ``rating_models`` | embedding_dot / svdpp / autorec / blend fit time, training rows/s, predict rows/s, peak RSS: sample, 5k | ``bench.rating_models`` |
 
 A benchmark whose dependency has not landed (another part of the project) reports
 ``status: skipped`` with the reason instead of failing. ``animerec bench`` with no name runs the
 cheap ones (all but ``fullsize``, whose 57M-row step takes most of an hour, and ``autoencoders``,
-whose EASE fit on the 310k x 17.5k synthetic matrix alone takes minutes: run them by name).
+whose EASE fit on the 310k x 17.5k synthetic matrix alone takes minutes, and ``rating_models``,
+whose svdpp and autorec fits take minutes each on the real sets: run them by name).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "fullsize": ("research.bench.fullsize", "run", "markdown"),
     "serving": ("research.bench.serving", "run", "markdown"),
     "autoencoders": ("research.bench.autoencoders", "run", "markdown"),
+    "rating_models": ("research.bench.rating_models", "run", "markdown"),
 }
 DEFAULT = ("peers", "time_to_accuracy", "throughput", "neighbors", "serving")
 
