@@ -280,12 +280,18 @@ def cmd_similar(args, what: str) -> int:
                 if i >= 0:
                     print(f"{rank:3d}. {meta.item_names([i])[0]} (id {meta.items.ids(i)})  similarity {s:.3f}")
         else:
+            from research.experiment import load_seen
+
             q = _user_index(meta, args.user)
             idx, sims = model.similar_users([q], args.k)
-            print(f"users like user {args.user}, by {name}:")
+            seen = load_seen(run_dir)  # train + validation anime of every user
+            mine = set(seen[q].indices.tolist())
+            print(f"users like user {args.user} ({len(mine)} anime), by {name}:")
             for rank, (i, s) in enumerate(zip(idx[0], sims[0]), 1):
                 if i >= 0:
-                    print(f"{rank:3d}. user {meta.users.ids(i)}  similarity {s:.3f}")
+                    shared = len(mine.intersection(seen[i].indices.tolist()))
+                    print(f"{rank:3d}. user {meta.users.ids(i)}  similarity {s:.3f}  ({shared} shared anime "
+                          f"of their {seen[i].nnz})")
     except NotSupported as exc:
         raise ConfigError(f"model {name!r} cannot answer this: {exc} (pick another with --model)") from None
     print(f"(run: {run_dir})")

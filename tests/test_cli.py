@@ -93,6 +93,7 @@ def test_recommend_similar_commands(sample_run):
     p = animerec("similar-users", "--run", sample_run, "--user", "0", "-k", "3", "--model", "user_knn")
     assert p.returncode == 0, p.stderr
     assert sum("similarity" in ln for ln in p.stdout.splitlines()) == 3
+    assert sum("shared anime of their" in ln for ln in p.stdout.splitlines()) == 3
     _assert_clean_error(animerec("recommend", "--run", sample_run, "--user", "99999999"), "99999999")
     _assert_clean_error(animerec("similar-anime", "--run", sample_run, "--anime", "1", "--model", "item_knm"),
                         "item_knn")
