@@ -325,7 +325,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of --config")
     sp.add_argument("--ratings", help="ratings file in DIR (default: the source's, e.g. rating_complete.csv; "
                     "an animelist file works too)")
-    sp.add_argument("--unrated", choices=["drop", "keep"], help="score-0 rows: drop (counted) or keep as watched")
+    sp.add_argument("--unrated", choices=["drop", "keep", "zero"],
+                    help="score-0 rows: drop (counted), keep as watched without a rating, or zero (read as "
+                         "0/10, the study's choice)")
     sp.add_argument("--min-user-ratings", type=int, help="drop users with fewer rated rows (counted)")
     sp.set_defaults(func=cmd_prepare)
 
@@ -352,11 +354,14 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_tune)
 
     sp = sub.add_parser("report", help="rebuild results/tables and results/figures from the runs")
-    sp.add_argument("experiment", nargs="?")
+    sp.add_argument("experiment", nargs="?",
+                    help="an experiment with finished runs under results/runs/ (default: every one)")
     sp.set_defaults(func=cmd_report)
 
+    from research.bench import BENCHMARKS, DEFAULT
+
     sp = sub.add_parser("bench", help="benchmarks; JSON to results/bench/")
-    sp.add_argument("name", nargs="?")
+    sp.add_argument("name", nargs="?", help=f"one of: {', '.join(BENCHMARKS)} (default: {', '.join(DEFAULT)})")
     sp.add_argument("--quick", action="store_true", help="small sizes (CI)")
     sp.set_defaults(func=cmd_bench)
 
