@@ -72,14 +72,15 @@ def run(cfg: Config, quiet: bool = False, keep_finished: bool = False) -> list[P
     folder holds a finished run of this config is kept as it is (not refitted); by default every
     seed is run again (an unfinished one resumes)."""
     build_models(cfg, int(cfg.seeds[0]) if cfg.seeds else 0)  # config errors before any loading
-    todo = [int(s) for s in cfg.seeds if not (keep_finished and finished(cfg, int(s)))]
-    dataset = load_dataset(cfg, quiet=quiet) if todo else None
+    seeds = [int(s) for s in cfg.seeds]
+    kept = {s: finished(cfg, s) for s in seeds} if keep_finished else {}
+    dataset = load_dataset(cfg, quiet=quiet) if not all(kept.get(s) for s in seeds) else None
     run_dirs = []
-    for seed in (int(s) for s in cfg.seeds):
-        if seed not in todo:
+    for seed in seeds:
+        if kept.get(seed):
             if not quiet:
-                print(f"[animerec] seed {seed}: kept the finished run {finished(cfg, seed)}", file=sys.stderr)
-            run_dirs.append(finished(cfg, seed))
+                print(f"[animerec] seed {seed}: kept the finished run {kept[seed]}", file=sys.stderr)
+            run_dirs.append(kept[seed])
             continue
         run_dirs.append(run_seed(cfg, dataset, seed, quiet=quiet))
     return run_dirs

@@ -40,16 +40,13 @@ DROP_REASONS = ("anime_not_in_run_catalogue", "anime_without_training_interactio
 
 
 def fold_in_parts(user: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean history mask over rows grouped by ``user``: per user a seeded random
-    ``round(fraction * n)`` rows, kept within ``[1, n - 1]`` when ``n >= 2`` (the rule of
-    ``split.kind = "users"``); a one-row user keeps it as history."""
-    from research.data.splits import _rank_within_user
+    """Boolean history mask over rows grouped by ``user``, seeded: ``split.kind = "users"``'s rule
+    (``research.data.splits.history_rows``)."""
+    from research.data.splits import history_rows
 
     if not 0.0 < fraction < 1.0:
         raise ConfigError(f"verify: fold_in_fraction must be in (0, 1), got {fraction}")
-    rank, count = _rank_within_user(np.asarray(user), np.random.default_rng(seed))
-    n_hist = np.where(count >= 2, np.clip(np.floor(fraction * count + 0.5), 1, count - 1), count)
-    return rank < n_hist
+    return history_rows(user, fraction, np.random.default_rng(seed))
 
 
 def later_users(frame, meta, seen, min_rows: int):

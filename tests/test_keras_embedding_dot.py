@@ -329,7 +329,7 @@ def _user_objective(m, history, row, P, bu):
     st = m.fit_state
     a, b = history.rated.indptr[row], history.rated.indptr[row + 1]
     items, r = history.rated.indices[a:b], history.rated.data[a:b].astype(np.float64)
-    h = m.history_term(history.seen[row]) [0] if m.user_history else np.zeros(m.dim)
+    h = m.history_term(history.seen[row])[0] if m.user_history else np.zeros(m.dim)
     pred = st["mu"] + bu + m._bi[items] + m._Q[items].astype(np.float64) @ P
     return float(((r - pred) ** 2).sum() + m.l2 * ((P - h) ** 2).sum() + m.bias_l2 * bu ** 2)
 

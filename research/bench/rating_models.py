@@ -46,24 +46,17 @@ def _quick_data() -> dict:
 
 
 def _load_split(data: dict):
-    if data["kind"] == "synth":
-        from research import config as C
-        from research.data.load import load_dataset
-        from research.data.splits import make_split
-
-        cfg = C.load(REPO_ROOT / "experiments" / "configs" / "base.toml",
-                     [f'data.path="{data["path"]}"', 'data.ratings="rating_complete.csv"'])
-        ds = load_dataset(cfg, quiet=True)
-        split = make_split(ds.interactions, cfg.split, 0)
-        return split.train, split.val, split.test, {"users": split.train.n_users, "items": split.train.n_items,
-                                                    "train_rows": len(split.train), "split": "seed 0"}
+    """(train, val, test, description) of ``data``'s seed-0 split, loaded as the runner loads it."""
     from research import config as C
-    from research.bench.peers import load_data as peers_load
+    from research.data.load import load_dataset
     from research.data.splits import make_split
 
-    cfg = C.load(REPO_ROOT / "experiments" / "configs" / data["config"])
-    ds, _ = peers_load(cfg)
-    split = make_split(ds.interactions, cfg.split, 0)
+    configs = REPO_ROOT / "experiments" / "configs"
+    if data["kind"] == "synth":
+        cfg = C.load(configs / "base.toml", [f'data.path="{data["path"]}"', 'data.ratings="rating_complete.csv"'])
+    else:
+        cfg = C.load(configs / data["config"])
+    split = make_split(load_dataset(cfg, quiet=True).interactions, cfg.split, 0)
     return split.train, split.val, split.test, {"users": split.train.n_users, "items": split.train.n_items,
                                                 "train_rows": len(split.train), "split": "seed 0"}
 

@@ -172,14 +172,21 @@ def heldout_users(data: Interactions, test_fraction: float = 0.2, val_fraction: 
         raise ConfigError(f"split.fold_in_fraction must be in (0, 1), got {fold_in_fraction}")
     r = np.random.default_rng(seed)
     user_part = _user_parts(data, test_fraction, val_fraction, r)[data.user]
-    rank, count = _rank_within_user(data.user, r)
-    n_hist = np.where(count >= 2, np.clip(np.floor(fold_in_fraction * count + 0.5), 1, count - 1), count)
-    history = rank < n_hist
+    history = history_rows(data.user, fold_in_fraction, r)
     # 0 train, 1 val targets, 2 test targets, 3 val history, 4 test history
     part = np.where((user_part > 0) & history, user_part + 2, user_part).astype(np.int8)
     name = f"users(test={test_fraction},val={val_fraction},fold_in={fold_in_fraction},seed={seed})"
     return Split(data.take(part == 0), data.take(part == 1), data.take(part == 2), name,
                  val_history=data.take(part == 3), test_history=data.take(part == 4))
+
+
+def history_rows(user: np.ndarray, fraction: float, r: np.random.Generator) -> np.ndarray:
+    """Boolean mask over rows grouped by ``user``: per user a random ``round(fraction * n)`` of
+    their rows, kept within ``[1, n - 1]`` when ``n >= 2`` (so both parts are non-empty); a user
+    with one row keeps it. The history / target rule of ``heldout_users`` and ``animerec verify``."""
+    rank, count = _rank_within_user(np.asarray(user), r)
+    n_hist = np.where(count >= 2, np.clip(np.floor(fraction * count + 0.5), 1, count - 1), count)
+    return rank < n_hist
 
 
 def make_split(data: Interactions, cfg, seed: int) -> Split:
