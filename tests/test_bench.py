@@ -28,7 +28,6 @@ def _check_machine(res):
 
 
 def test_neighbors_quick_cli(bench_dir):
-    pytest.importorskip("research.models.neighbors")
     assert cli.main(["bench", "neighbors", "--quick"]) == 0
     res = json.loads((bench_dir / "quick" / "neighbors.json").read_text())
     assert res["benchmark"] == "neighbors" and res["quick"] is True and res["status"] == "ok"
@@ -51,7 +50,6 @@ def test_neighbors_quick_cli(bench_dir):
 def test_peers_quick_on_tiny_synthetic(bench_dir, tmp_path, monkeypatch):
     pytest.importorskip("surprise")
     pytest.importorskip("implicit")
-    pytest.importorskip("research.data.synth")
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(textwrap.dedent(f"""
         base = "{(REPO_ROOT / 'experiments' / 'configs' / 'base.toml').as_posix()}"
@@ -63,8 +61,9 @@ def test_peers_quick_on_tiny_synthetic(bench_dir, tmp_path, monkeypatch):
         users = 120
         items = 150
         ratings_per_user = 25
-        [models.not_a_landed_model]
-        type = "content"
+        [models.misconfigured]
+        type = "bias"
+        user_dampng = 3
         [models.surprise_svd]
         n_factors = 8
         n_epochs = 5
@@ -87,9 +86,10 @@ def test_peers_quick_on_tiny_synthetic(bench_dir, tmp_path, monkeypatch):
         assert models["bias"]["rmse_ratio_vs_best_peer"]["per_seed"][s] == pytest.approx(bias["rmse"] / svd["rmse"])
     assert "rmse" not in models["implicit_als"]["mean"] and "rmse" not in models["popularity"]["mean"]
     assert set(res["goals"]) == {"rmse", "ndcg@10"}
-    # a model that does not import (or fails) is skipped with a reason, not fatal
-    if "not_a_landed_model" in res["skipped_models"]:
-        assert res["skipped_models"]["not_a_landed_model"]
+    # a model that cannot be built is left out with its reason; the others are still measured
+    assert "misconfigured" not in models
+    assert "user_dampng" in res["skipped_models"]["misconfigured"]
+    assert "did you mean 'user_damping'" in res["skipped_models"]["misconfigured"]
 
 
 def test_summarize_ratios_and_goals_by_hand():
@@ -132,14 +132,28 @@ def test_peak_rss_is_measured_in_a_subprocess():
     assert big["peak_rss_mb"] - small["peak_rss_mb"] > 150
 
 
-def test_summary_renders_skipped_and_broken(tmp_path):
-    report.write_result("serving", {"status": "skipped", "reason": "x not available",
-                                    "notes": ["skipped: x not available"], "machine": report.machine(),
+def test_summary_renders_failed_and_broken(tmp_path):
+    report.write_result("serving", {"status": "failed", "cases": [],
+                                    "notes": ["sample failed: boom"], "machine": report.machine(),
                                     "wall_seconds": 0.0}, quick=False, out_dir=tmp_path)
     report.write_result("peers", {"status": "ok", "machine": {}, "wall_seconds": 1.0}, quick=False,
                         out_dir=tmp_path)
     from research.bench import renderers
 
+    assert set(renderers()) == set(BENCHMARKS)  # every benchmark module imports and renders
     out = report.write_summary(tmp_path, renderers()).read_text()
-    assert "## serving" in out and "skipped: x not available" in out
-    assert "## peers" in out  # a malformed result still gets a section, not a crash
+    assert "## serving" in out and "Status: **failed**" in out and "sample failed: boom" in out
+    assert "## peers" in out and "(summary failed" in out  # a malformed result still gets a section
+
+
+def test_a_broken_dependency_is_a_failure_not_a_skip(monkeypatch):
+    """Every measurement failing (a broken export.py, say) is status "failed" with the reasons."""
+    from research.bench import serving
+
+    def broken(target, **kw):
+        raise RuntimeError(f"{target} failed in a subprocess (exit 1):\nImportError: boom")
+
+    monkeypatch.setattr(serving, "in_subprocess", broken)
+    res = serving.run(quick=True)
+    assert res["status"] == "failed" and res["cases"] == []
+    assert any("ImportError: boom" in n for n in res["notes"])

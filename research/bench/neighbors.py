@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from research.bench.report import available, in_subprocess, md_table, skipped
+from research.bench.report import in_subprocess, md_table
 from research.config import REPO_ROOT
 
 FULL = {"users": 310_059, "items": 17_562, "mean_per_user": 184.0}
@@ -155,9 +155,6 @@ def run(quick: bool = False, users: int | None = None, items: int | None = None,
         mean_per_user: float | None = None) -> dict:
     """Measure (see the module docstring). ``users`` / ``items`` / ``mean_per_user`` override the
     full size (``python -m research.bench.neighbors --users 31006`` for a tenth of MAL)."""
-    if not available("research.models.neighbors") or not hasattr(
-            __import__("research.models.neighbors", fromlist=["ItemKNN"]), "ItemKNN"):
-        return skipped("research.models.neighbors.ItemKNN not available")
     size = dict(QUICK if quick else FULL)
     for key, v in (("users", users), ("items", items), ("mean_per_user", mean_per_user)):
         if v is not None:
@@ -246,8 +243,6 @@ def _top_share(counts: np.ndarray, frac: float) -> float:
 
 
 def markdown(res: dict) -> str:
-    if res.get("status") == "skipped":
-        return res.get("reason", "")
     d, full, sub, nv = res["data"], res["itemknn"], res["itemknn_on_subset"], res["naive_on_subset"]
     ext = res["naive_full_extrapolated"]
     def cpu(x):

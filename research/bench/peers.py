@@ -13,15 +13,12 @@ is measured after each epoch from the model's weights; evaluation time is subtra
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from research.bench.report import available, bench_dir, fmt_ms, md_table, mean_std, skipped
+from research.bench.report import bench_dir, fmt_ms, md_table, mean_std
 from research.config import REPO_ROOT
 
 CONFIGS = REPO_ROOT / "experiments" / "configs"
@@ -35,41 +32,15 @@ def is_peer(model_type: str) -> bool:
 
 
 def load_data(cfg):
-    """The data set of ``cfg`` through ``research.data.load.load_dataset``; if the real-data
-    loader (``research.data.sources``) has not landed, the ratings CSV is read with pandas and
-    built by ``research.data.interactions.build_dataset`` (no catalogue side features).
+    """The data set of ``cfg`` through ``research.data.load.load_dataset`` (the runner's loader:
+    validation, de-duplication and the ``data`` filters exactly as ``animerec run`` applies them).
 
     Returns:
         (Dataset, loader description).
     """
     from research.data.load import load_dataset
 
-    if importlib.util.find_spec("research.data.sources") is not None:
-        try:
-            return load_dataset(cfg, quiet=True), "research.data.load.load_dataset"
-        except ImportError:
-            pass
-    import pandas as pd
-
-    from research.data.interactions import build_dataset
-    from research.data.load import ensure_synth, find_raw
-
-    if cfg.data.source == "synth":
-        raw = ensure_synth(cfg)
-    else:
-        raw = find_raw(cfg.data.source, cfg.data.path)
-        if raw is None:
-            from research.errors import ConfigError
-
-            raise ConfigError(f"no {cfg.data.source} data found (set ANIMEREC_DATA)")
-    path = Path(raw) / (cfg.data.ratings or "rating_complete.csv")
-    df = pd.read_csv(path)
-    df.columns = [c.strip() for c in df.columns]
-    df = df.rename(columns={"user_id": "user", "anime_id": "item", "score": "rating"})
-    df["rating"] = df["rating"].astype("float32").where(df["rating"] > 0)  # MAL 0 = not scored
-    if cfg.data.unrated == "drop":
-        df = df[df["rating"].notna()]
-    return build_dataset(df[["user", "item", "rating"]], name=cfg.data.source), f"pandas fallback ({path.name})"
+    return load_dataset(cfg, quiet=True), "research.data.load.load_dataset"
 
 
 def _config(quick: bool, name: str = "peers"):
@@ -189,8 +160,6 @@ def summarize(per_seed: dict, specs: dict, k: int = 10) -> dict:
 
 
 def markdown_peers(res: dict) -> str:
-    if res.get("status") == "skipped":
-        return res.get("reason", "")
     models = res.get("models", {})
     k_ndcg = next((k for m in models.values() for k in m.get("mean", {}) if k.startswith("ndcg@")), "ndcg@10")
     ratio_key = f"{k_ndcg}_ratio_vs_{NDCG_PEER}"
@@ -220,13 +189,8 @@ def markdown_peers(res: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-EMB = "research.models.keras.embedding_dot"
-
-
 def run_time_to_accuracy(quick: bool = False) -> dict:
     """See the module docstring: the real sample (seed 0), then (full mode) 10M synthetic ratings."""
-    if importlib.util.find_spec(EMB) is None or not available(EMB):
-        return skipped(f"{EMB} not available")
     from research import config as C
 
     cases, notes = [], []
@@ -238,17 +202,14 @@ def run_time_to_accuracy(quick: bool = False) -> dict:
     except Exception as exc:
         notes.append(f"real sample failed: {type(exc).__name__}: {exc}")
     if not quick:
-        if not available("research.data.synth"):
-            notes.append("10M synthetic: research.data.synth not available")
-        else:
-            try:
-                scfg = C.from_dict({"data": {"source": "synth"}, "seeds": [0],
-                                    "synth": {"users": 55_000, "items": 17_500, "ratings_per_user": 182, "seed": 0}})
-                ds, loader = load_data(scfg)
-                cases.append(_tta_case(f"synthetic {len(ds.interactions):,} ratings", ds, scfg, max_epochs=30))
-            except Exception as exc:
-                notes.append(f"10M synthetic failed: {type(exc).__name__}: {exc}")
-    return {"status": "ok" if cases else "skipped", "cases": cases, "notes": notes}
+        try:
+            scfg = C.from_dict({"data": {"source": "synth"}, "seeds": [0],
+                                "synth": {"users": 55_000, "items": 17_500, "ratings_per_user": 182, "seed": 0}})
+            ds, loader = load_data(scfg)
+            cases.append(_tta_case(f"synthetic {len(ds.interactions):,} ratings", ds, scfg, max_epochs=30))
+        except Exception as exc:
+            notes.append(f"10M synthetic failed: {type(exc).__name__}: {exc}")
+    return {"status": "ok" if cases else "failed", "cases": cases, "notes": notes}
 
 
 def _tta_case(label: str, dataset, cfg, max_epochs: int, emb_params: dict | None = None) -> dict:
@@ -303,8 +264,8 @@ def _tta_case(label: str, dataset, cfg, max_epochs: int, emb_params: dict | None
 
 
 def markdown_time_to_accuracy(res: dict) -> str:
-    if res.get("status") == "skipped" and not res.get("cases"):
-        return res.get("reason", "")
+    if not res.get("cases"):
+        return ""
     rows = []
     for c in res.get("cases", []):
         e = c["embedding_dot"]

@@ -14,7 +14,6 @@ Markdown summary.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from research.config import REPO_ROOT
-from research.results import environment, read_json, write_json
+from research.results import atomic_write_text, environment, read_json, write_json
 
 
 def bench_dir(quick: bool = False, out_dir=None) -> Path:
@@ -101,8 +100,6 @@ def write_summary(folder: Path, renderers: dict) -> Path:
         if notes:
             parts += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     out = folder / "SUMMARY.md"
-    from research.results import atomic_write_text
-
     atomic_write_text(out, "\n".join(parts).rstrip() + "\n")
     return out
 
@@ -183,24 +180,8 @@ def in_subprocess(target: str, timeout: float | None = None, **kwargs) -> dict:
     return out
 
 
-def available(module: str) -> bool:
-    """True when ``module`` imports (a dependency written by another part of the project may not
-    have landed yet; benchmarks then say so instead of failing)."""
-    try:
-        importlib.import_module(module)
-        return True
-    except ImportError:
-        return False
-    except Exception:  # a module that exists but is broken mid-edit: treat as not available
-        return False
-
-
-def skipped(reason: str) -> dict:
-    return {"status": "skipped", "reason": reason, "notes": [f"skipped: {reason}"]}
-
-
 __all__ = ["bench_dir", "machine", "write_result", "write_summary", "mean_std", "fmt_ms", "md_table",
-           "in_subprocess", "available", "skipped"]
+           "in_subprocess"]
 
 
 def _load(m: dict) -> str:
