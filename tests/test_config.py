@@ -50,12 +50,37 @@ def test_unknown_model_and_parameter(tmp_path):
         build_models(config.load(p), 0)
 
 
-def test_shipped_configs_load():
-    from pathlib import Path
+SHIPPED = sorted((config.REPO_ROOT / "experiments" / "configs").glob("*.toml"))
 
-    for p in sorted((Path(__file__).parent.parent / "experiments" / "configs").glob("*.toml")):
+
+def test_shipped_configs_load():
+    """Every shipped config loads, is named after its file (two configs with one experiment name
+    would share results/runs/<experiment>/) and names registered models only."""
+    from research.models import registry
+
+    assert len(SHIPPED) > 10
+    for p in SHIPPED:
         cfg = config.load(p)
-        assert cfg.experiment, p
+        assert cfg.experiment == p.stem, p
+        for spec in cfg.models:
+            assert spec.type in registry.MODELS, (p.name, spec.name, spec.type)
+
+
+@pytest.mark.keras
+def test_shipped_configs_models_build():
+    """Every model table of every shipped config has valid constructor arguments (a renamed
+    parameter would otherwise surface only when that experiment is next run)."""
+    import importlib.util
+
+    from research.models import registry
+
+    peers = all(importlib.util.find_spec(m) for m in ("surprise", "implicit"))
+    for p in SHIPPED:
+        cfg = config.load(p)
+        for spec in cfg.models:
+            if spec.type in registry.PEER_MODELS and not peers:
+                continue  # needs the peers extra
+            registry.build(spec.type, spec.params, seed=0, where=f" (models.{spec.name} in {p.name})")
 
 
 @pytest.mark.parametrize("key,value", [("experiment", "../../x"), ("experiment", "/tmp/x"), ("experiment", ".."),

@@ -309,8 +309,8 @@ def test_many_chunks(tmp_path, monkeypatch):
 # ---- through the project's own loader ------------------------------------------------------------
 
 def test_loads_through_mal2020_adapter(default_dir, ratings, truth):
-    sources = pytest.importorskip("research.data.sources")
     from research.config import DataConfig
+    from research.data import sources
 
     frame, items, manifest = sources.load("mal2020", default_dir, DataConfig())
     assert len(frame) == len(ratings)
