@@ -26,11 +26,6 @@ from research import config as C  # noqa: E402  (sets TF_USE_LEGACY_KERAS before
 from research import results as R  # noqa: E402
 
 
-def _finished(d: Path) -> bool:
-    st = d / "status.json"
-    return st.is_file() and R.read_json(st).get("status") == "finished"
-
-
 def ensure_run(cfg) -> Path:
     """The finished run folder of ``cfg`` for its first seed.
 
@@ -41,17 +36,18 @@ def ensure_run(cfg) -> Path:
     import dataclasses
 
     from research.data.load import load_dataset
-    from research.experiment import config_hash, run_seed
+    from research.experiment import data_id, finished, run_seed
 
     seed = int(cfg.seeds[0])
     root = R.runs_root(cfg.results_path)
-    own = root / cfg.experiment / f"{config_hash(cfg)}-seed{seed}"
-    if _finished(own):
+    data = data_id(cfg)  # the run id covers the data: hashed, not loaded
+    own = finished(cfg, seed, data)
+    if own:
         return own
     if root.is_dir():
         for exp_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-            d = exp_dir / f"{config_hash(dataclasses.replace(cfg, experiment=exp_dir.name))}-seed{seed}"
-            if _finished(d):
+            d = finished(dataclasses.replace(cfg, experiment=exp_dir.name), seed, data)
+            if d:
                 print(f"reusing {d} (the same config under experiment {exp_dir.name!r})", file=sys.stderr)
                 return d
     return run_seed(cfg, load_dataset(cfg), seed, quiet=True)

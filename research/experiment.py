@@ -3,9 +3,19 @@ config through the one harness, and write a run folder per seed (see ``research.
 
 The split uses the top-level seed itself (seed 0 is the reference split); each model
 gets a child seed derived from (seed, model name), so adding a model never changes the others.
-A run folder's id is ``<config hash>-seed<seed>``: running the same config again resumes an
-unfinished run (models already measured are kept, Keras models resume from their checkpoints)
-or, once finished, replaces it with a fresh run.
+A run folder's id is ``<config hash>_<data id>-seed<seed>`` (``run_id``): the config hash covers
+the config but not where its data are (``data.path``), the data id covers what was read, so the
+same config on other data (another ``ANIMEREC_DATA``, the real sample instead of the synthetic
+fallback) gets its own folder and a copy of the same files the same one. The data id
+(``manifest_id``) hashes the sha256 of every file the data manifest lists (for a prepared folder
+also what ``prepare`` made of them), or the rows themselves for an in-memory data set without
+files; ``data_id`` computes the same value before loading by hashing the files the config would
+read, without parsing them, so ``finished`` (``run --keep-finished``), ``tuning.tuning_dir`` and
+the showcase find a run without loading the data. A folder written before ids covered the data
+(``<config hash>-seed<seed>``) is still used for the same config when its ``manifest.json``
+shows the same data. Running the same config on the same data again resumes an unfinished run
+(models already measured are kept, Keras models resume from their checkpoints) or, once
+finished, replaces it with a fresh run.
 
 Held-out users (``split.kind = "users"``): with ``fit_on = "train"`` each model is fitted on
 ``split.train`` with ``split.fit_val()`` (every row of the validation users) as its validation
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,10 +46,132 @@ from research.seeding import child_seed, seed_everything
 
 
 def config_hash(cfg: Config) -> str:
+    """The config's part of the run id: every key but the seeds, where the config came from, where
+    results go and where the data are (``data.path``: what was read is the data id's part)."""
     d = cfg.to_dict()
     for key in ("seeds", "source_file", "results_dir"):  # where results go does not change them
         d.pop(key, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    d["data"] = {k: v for k, v in d["data"].items() if k != "path"}
+    return _short_hash(d, 10)
+
+
+def _legacy_config_hash(cfg: Config) -> str:
+    """The whole run id before it covered the data (``data.path`` included): such folders are
+    still found (``locate``)."""
+    d = cfg.to_dict()
+    for key in ("seeds", "source_file", "results_dir"):
+        d.pop(key, None)
+    return _short_hash(d, 10)
+
+
+def _short_hash(obj, n: int) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+# ---- the data's part of a run id --------------------------------------------------------------
+_PREPARED_KEYS = ("data_config", "buckets", "outputs")  # what prepare made of its files
+_SHA_CACHE: dict = {}
+
+
+def manifest_id(manifest: dict) -> str | None:
+    """The data id of a data manifest: a hash of the sha256 of every file it lists (content only:
+    not their names or folder), plus for a prepared folder the filters ``prepare`` applied and the
+    shards it wrote. None for a manifest that lists no file."""
+    files = (manifest or {}).get("files") or {}
+    if not files:
+        return None
+    key: dict = {"files": sorted(str(f.get("sha256", "")) for f in files.values())}
+    if "outputs" in manifest:
+        prepared = {k: manifest.get(k) for k in _PREPARED_KEYS}
+        prepared["data_config"] = {k: v for k, v in (prepared["data_config"] or {}).items() if k != "path"}
+        key["prepared"] = prepared
+    return _short_hash(key, 8)
+
+
+def dataset_id(dataset) -> str:
+    """The data id of a loaded ``Dataset``: ``manifest_id`` of its manifest or, for a data set built
+    in memory (no files listed), a hash of its rows and vocabularies."""
+    found = manifest_id(dataset.manifest)
+    if found is not None:
+        return found
+    import numpy as np
+
+    inter = dataset.interactions
+    h = hashlib.sha256(b"in-memory|" + dataset.name.encode())
+    for a in (inter.user, inter.item, inter.rating, dataset.meta.users.values, dataset.meta.items.values):
+        a = np.asarray(a)
+        h.update(a.astype(str).tobytes() if a.dtype == object else np.ascontiguousarray(a).tobytes())
+        h.update(b"|")
+    return h.hexdigest()[:8]
+
+
+def _sha256(path: Path) -> str:
+    """A file's sha256 (the digest the manifest records), cached per (path, size, mtime, inode)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def data_id(cfg: Config) -> str:
+    """The data id ``load_dataset(cfg)`` will give (``manifest_id`` of its manifest), computed
+    without loading: the files are found as ``load_dataset`` finds them (the synthetic ones are
+    generated if missing, as loading would) and hashed, not parsed. Bad data locations raise the
+    errors loading would."""
+    import dataclasses
+
+    from research.data import load as L
+    from research.data import sources
+
+    source = cfg.data.source
+    if source == "synth":
+        raw, adapter, data_cfg = L.ensure_synth(cfg), "mal2020", cfg.data
+    else:
+        raw, adapter, data_cfg = L.find_raw(source, cfg.data.path), source, cfg.data
+        if raw is None:
+            if not cfg.data.fallback_to_synth:
+                return "nodata"  # loading raises; nothing can have finished on it
+            raw, adapter = L.ensure_synth(cfg), "mal2020"
+            data_cfg = dataclasses.replace(cfg.data, ratings="", catalogue="", synopsis="")
+    if adapter == "processed":
+        mpath = Path(raw) / "manifest.json"
+        if not mpath.is_file():
+            return "nodata"
+        try:
+            return manifest_id(R.read_json(mpath)) or "nodata"
+        except ValueError:
+            return "nodata"  # loading says what is wrong with it
+    plan = sources.plan_files(adapter, Path(raw), data_cfg)
+    paths = [p for p in (plan.ratings.path, plan.catalogue, plan.synopsis, plan.status) if p is not None]
+    # keyed by name, as the manifest is (sources.load), so the same files give the same id
+    return manifest_id({"files": {p.name: {"sha256": _sha256(p)} for p in paths}}) or "nodata"
+
+
+# ---- run ids and folders ---------------------------------------------------------------------
+def run_id(cfg: Config, seed: int, data: str) -> str:
+    """``<config hash>_<data id>-seed<seed>``."""
+    return f"{config_hash(cfg)}_{data}-seed{seed}"
+
+
+def locate(parent: Path, cfg: Config, seed: int, data: str, prefix: str = "") -> Path:
+    """The folder of (cfg, seed, data) under ``parent``: ``prefix + run_id``, or, when that does not
+    exist, a folder of the same config and seed named before run ids covered the data
+    (``prefix<legacy hash>-seed<seed>``) whose ``manifest.json`` shows the same data."""
+    path = Path(parent) / f"{prefix}{run_id(cfg, seed, data)}"
+    if path.exists():
+        return path
+    old = Path(parent) / f"{prefix}{_legacy_config_hash(cfg)}-seed{seed}"
+    try:
+        if (old / "manifest.json").is_file() and manifest_id(R.read_json(old / "manifest.json")) == data:
+            return old
+    except (OSError, ValueError):
+        pass
+    return path
 
 
 def build_models(cfg: Config, seed: int) -> list:
@@ -52,15 +185,17 @@ def build_models(cfg: Config, seed: int) -> list:
             for spec in cfg.models]
 
 
-def run_folder(cfg: Config, seed: int) -> R.RunFolder:
-    """The run folder of (cfg, seed): ``results/runs/<experiment>/<config hash>-seed<seed>``."""
-    return R.RunFolder(R.runs_root(cfg.results_path) / cfg.experiment / f"{config_hash(cfg)}-seed{seed}",
-                       cfg.results_path)
+def run_folder(cfg: Config, seed: int, data: str | None = None) -> R.RunFolder:
+    """The run folder of (cfg, seed) on data ``data`` (a data id; default ``data_id(cfg)``):
+    ``results/runs/<experiment>/<run id>`` (``locate``)."""
+    data = data_id(cfg) if data is None else data
+    return R.RunFolder(locate(R.runs_root(cfg.results_path) / cfg.experiment, cfg, seed, data), cfg.results_path)
 
 
-def finished(cfg: Config, seed: int) -> Path | None:
-    """The run folder of (cfg, seed) if a run of this exact config (same hash) finished there."""
-    path = run_folder(cfg, seed).path
+def finished(cfg: Config, seed: int, data: str | None = None) -> Path | None:
+    """The run folder of (cfg, seed) if a run of this exact config on the same data (``data``, a
+    data id; default ``data_id(cfg)``, computed without loading) finished there."""
+    path = run_folder(cfg, seed, data).path
     status = path / "status.json"
     if status.is_file() and R.read_json(status).get("status") == "finished" and (path / "metrics.json").is_file():
         return path
@@ -73,8 +208,12 @@ def run(cfg: Config, quiet: bool = False, keep_finished: bool = False) -> list[P
     seed is run again (an unfinished one resumes)."""
     build_models(cfg, int(cfg.seeds[0]) if cfg.seeds else 0)  # config errors before any loading
     seeds = [int(s) for s in cfg.seeds]
-    kept = {s: finished(cfg, s) for s in seeds} if keep_finished else {}
+    data = data_id(cfg) if keep_finished else None  # the files hashed, not parsed
+    kept = {s: finished(cfg, s, data) for s in seeds} if keep_finished else {}
     dataset = load_dataset(cfg, quiet=quiet) if not all(kept.get(s) for s in seeds) else None
+    if dataset is not None and data is not None and dataset_id(dataset) != data and any(kept.values()):
+        print(f"[animerec] warning: the data changed while loading (data id {data} -> {dataset_id(dataset)}); "
+              f"the kept seeds ran on the earlier files", file=sys.stderr)
     run_dirs = []
     for seed in seeds:
         if kept.get(seed):
@@ -90,9 +229,10 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
     models = build_models(cfg, seed)
     seed_everything(seed)
     split = make_split(dataset.interactions, cfg.split, seed)
-    folder = run_folder(cfg, seed)
+    data = dataset_id(dataset)
+    folder = run_folder(cfg, seed, data)
     done = folder.open(resume=True)
-    folder.start({**cfg.to_dict(), "seed": seed}, seed, dataset.manifest)
+    folder.start({**cfg.to_dict(), "seed": seed}, seed, {"data_id": data, **dataset.manifest})
     folder.write_meta(dataset.meta)
     folder.write_seen(split.train_val())
     rows = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
@@ -134,7 +274,7 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
         from research import tb  # the (model, seed) as an HParams session, without TensorFlow
 
         tb.log_model_session(model.log_dir, spec, model, {"seed": seed, "experiment": cfg.experiment}, measured,
-                             session=f"{config_hash(cfg)}-seed{seed}/{spec.name}")
+                             session=f"{folder.path.name}/{spec.name}")
     table = markdown_table([folder.metrics["models"]], cfg.eval.k)
     if skipped:
         table += "\nNot measured on held-out users: " + "; ".join(f"{n} ({why})" for n, why in skipped.items()) + "\n"
@@ -172,4 +312,5 @@ def load_model(run_dir: Path, name: str, meta, allow_pickle: bool = False):
     return cls.load(path, meta)
 
 
-__all__ = ["run", "run_seed", "load_run", "load_model", "config_hash"]
+__all__ = ["run", "run_seed", "load_run", "load_model", "config_hash", "data_id", "dataset_id", "manifest_id",
+           "run_id", "run_folder", "finished"]

@@ -35,9 +35,10 @@ Decisions (and why):
   seed ``animerec run`` gives that model — so trials differ only in their hyperparameters (common
   random numbers) and the untuned default is exactly the runner's model. The oracle samples with
   its own child seed ``child_seed(seed, "tune-oracle/NAME")``.
-- **Folder**: ``results/runs/<experiment>/tune-<config hash>-seed<seed>/``. The hash is
+- **Folder**: ``results/runs/<experiment>/tune-<config hash>_<data id>-seed<seed>/``. The hash is
   :func:`research.experiment.config_hash` of the config with ``tune.max_trials`` and
-  ``tune.retrain_on_full`` blanked, so raising the trial budget extends the same search.
+  ``tune.retrain_on_full`` blanked, so raising the trial budget extends the same search; the data
+  id (:func:`research.experiment.data_id`) gives a search on other data its own folder.
 - **Resume**: only on the same data (a fingerprint of the split is kept in the folder; other
   data discard the old search, with a message). The keras-tuner project (``keras_tuner/`` in the folder) is reopened with
   ``overwrite=False``: finished trials are kept, a trial that was running when the process died is
@@ -200,18 +201,20 @@ def check_objective(cfg: Config, spec: ModelSpec) -> tuple[str, str]:
     return obj, M.direction(obj)
 
 
-def tuning_dir(cfg: Config, seed: int) -> Path:
-    """``results/runs/<experiment>/tune-<hash>-seed<seed>``; the hash ignores the trial budget,
-    ``retrain_on_full`` and the config's untuned models, so that a larger ``max_trials`` extends the
-    same search and a model added to a base config does not discard it."""
-    from research.experiment import config_hash
+def tuning_dir(cfg: Config, seed: int, data: str | None = None) -> Path:
+    """``results/runs/<experiment>/tune-<hash>_<data id>-seed<seed>`` (``research.experiment.locate``:
+    ``data`` is the data id, default ``data_id(cfg)``, computed without loading); the hash ignores
+    the trial budget, ``retrain_on_full`` and the config's untuned models, so that a larger
+    ``max_trials`` extends the same search and a model added to a base config does not discard it."""
+    from research.experiment import data_id, locate
 
     spec = tuned_spec(cfg)
     # what the search depends on: data, split, eval, the tuned table and the baselines it refits
     # (not the other models a base config lists, so adding one there keeps every search)
     kept = tuple(m for m in cfg.models if m.name == spec.name or (m.name in BASELINES and m.type == m.name))
     blank = dataclasses.replace(cfg, models=kept, tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
-    return R.runs_root(cfg.results_path) / cfg.experiment / f"tune-{config_hash(blank)}-seed{seed}"
+    return locate(R.runs_root(cfg.results_path) / cfg.experiment, blank, seed,
+                  data_id(cfg) if data is None else data, prefix="tune-")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -702,7 +705,9 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
         dataset = load_dataset(cfg, quiet=quiet)
     seed_everything(seed)
     split = make_split(dataset.interactions, cfg.split, seed)
-    out = tuning_dir(cfg, seed)
+    from research.experiment import dataset_id
+
+    out = tuning_dir(cfg, seed, dataset_id(dataset))
     from research import locking
 
     locking.acquire(out)  # one search per tuning folder (a second one exits 2 naming this pid)

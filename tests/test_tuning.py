@@ -207,9 +207,11 @@ def test_retrain_on_full_writes_table_with_baselines_tuned_and_default(tmp_path)
 
 
 def tuning_dir_of(cfg):
+    """The tuning folder of ``cfg`` on ``_dataset()`` (the folder's name covers the data)."""
+    from research.experiment import dataset_id
     from research.tuning import tuning_dir
 
-    return tuning_dir(cfg, 0)
+    return tuning_dir(cfg, 0, dataset_id(_dataset()))
 
 
 # ---- config checks (no TensorFlow) ----------------------------------------------------------
