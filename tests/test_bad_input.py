@@ -372,3 +372,50 @@ def test_planted_error_names_its_physical_line(n, bad, blanks, quoted, eol, colu
         Locator.PIECE = old
     assert info.value.line == bad_line, str(info.value)
     assert info.value.column == (None if column == "extra field" else column)
+
+
+_JUNK = ["", " ", "   ", "\t", " \t "]  # lines pandas skips: blank, or spaces and tabs only
+_QUOTED = ["x{eol}y", "{eol}{eol}", "p{eol}  {eol}q", "", "a,b"]  # quoted values, some spanning lines
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), n=st.integers(1, 30), eol=st.sampled_from(["\n", "\r\n", "\r"]),
+       delimiter=st.sampled_from([",", "\t", ";"]), piece=st.sampled_from([8, 32, 1 << 22]),
+       in_memory=st.booleans())
+def test_locator_maps_records_to_physical_lines(data, n, eol, delimiter, piece, in_memory):
+    """Every record's line, checked against the lines the file was written with, across lines of
+    spaces and tabs (issue 15.6), blank lines, values quoted over several lines, LF / CRLF / CR and
+    three delimiters; pandas reads the same records in the same order (so the numbering is its own).
+    One record has a wrong number of fields: ``first_bad_width`` names its line and count."""
+    junk = [j for j in _JUNK if delimiter not in j]
+    bad = data.draw(st.integers(0, n - 1))
+    width = data.draw(st.sampled_from([2, 4]))
+    out, line, truth = ["a" + delimiter + "b" + delimiter + "c" + eol], 2, []
+    for k in range(n):
+        for j in data.draw(st.lists(st.sampled_from(junk), max_size=2)):
+            out.append(j + eol)
+            line += 1
+        value = str(k)
+        if data.draw(st.booleans()):
+            body = data.draw(st.sampled_from(_QUOTED)).format(eol=eol).replace(",", delimiter)
+            value = '"' + body + '"'
+        fields = [str(k), value, str(10 * k)] if k != bad else [str(k)] * width
+        value = value if k != bad else ""
+        truth.append(line)
+        out.append(delimiter.join(fields) + eol)
+        line += 1 + value.count(eol)
+    text = "".join(out)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.csv"
+        path.write_bytes(text.encode("latin-1"))
+        frame = pd.read_csv(path, sep=delimiter, header=None, skiprows=1, names=list(range(5)), index_col=False,
+                            keep_default_na=False, na_values=[""], skip_blank_lines=True, engine="c")
+        assert frame[0].tolist() == list(range(n))
+        old = Locator.PIECE
+        Locator.PIECE = piece
+        try:
+            loc = Locator(path, delimiter, header=True, text=text if in_memory else None)
+            assert [loc.line(k) for k in range(n)] == truth
+            assert loc.first_bad_width(3) == (truth[bad], width)
+        finally:
+            Locator.PIECE = old

@@ -331,11 +331,13 @@ class _Tap:
 class Locator:
     """Maps 0-based data record numbers (as pandas counts them) to 1-based physical lines.
 
-    A file on disk is first skimmed in binary pieces of whole lines: while a piece holds no quote,
-    no blank line and no lone CR, every line is one record and lines are counted with
-    ``bytes.count`` / numpy (~1 GB/s); from the first piece that is not that simple on, the ``csv``
-    module reads record by record (~2M rows/s), which handles quoted newlines, blank lines and CR
-    line ends exactly as pandas does.
+    One scan (``_records``) gives every record's first line and number of fields, in file order,
+    skipping what pandas skips: blank lines and lines of only spaces and tabs. A file on disk is
+    read in pieces of whole lines; while a piece holds no quote and no lone CR, each of its
+    non-blank lines is one record, found with numpy (~1 GB/s); from the first piece that is not
+    that simple on, the ``csv`` module reads record by record (~2M rows/s), which handles quoted
+    newlines and CR line ends exactly as pandas does. Text already in memory is read by the
+    ``csv`` module throughout.
 
     Args:
         path: the file (named in errors).
@@ -346,9 +348,76 @@ class Locator:
     """
 
     PIECE = 1 << 22
+    BATCH = 1 << 16  # records the csv path hands on at once
 
     def __init__(self, path: Path, delimiter: str, header: bool, text: str | None = None):
         self.path, self.delimiter, self.header, self.text = Path(path), delimiter, header, text
+        self.blank = " \t".replace(delimiter, "")  # what a skipped line may hold besides its line end
+
+    def line(self, record: int) -> int:
+        """Physical line on which data record ``record`` starts (the last record's past the end)."""
+        target = record + (1 if self.header else 0)  # the header is record 0 of the scan
+        seen, last = 0, 1
+        for starts, _ in self._records():
+            if seen + len(starts) > target:
+                return int(starts[target - seen])
+            seen += len(starts)
+            last = int(starts[-1]) if len(starts) else last
+        return last
+
+    def first_bad_width(self, n_fields: int) -> tuple[int, int]:
+        """(line, number of fields) of the first record without ``n_fields`` fields (the header
+        included); the number is -1 for a record the ``csv`` module cannot read."""
+        for starts, widths in self._records():
+            bad = np.flatnonzero(widths != n_fields)
+            if len(bad):
+                return int(starts[bad[0]]), int(widths[bad[0]])
+        return 1, -1
+
+    def _records(self):
+        """(first lines, field counts) of the records in file order, header included, as arrays
+        a batch at a time. A record the ``csv`` module cannot read counts -1 fields and ends it."""
+        offset = lines = 0
+        for piece in self._simple_pieces():
+            starts, widths, n = self._piece_records(piece, lines)
+            yield starts, widths
+            offset, lines = offset + len(piece), lines + n
+        batch = []
+        for start, row in self._rows(offset, lines):
+            batch.append((start, -1 if row is None else len(row)))
+            if len(batch) == self.BATCH:
+                yield tuple(np.array(b) for b in zip(*batch))
+                batch = []
+        if batch:
+            yield tuple(np.array(b) for b in zip(*batch))
+
+    def _simple_pieces(self):
+        """The file's leading pieces of whole lines that hold no quote and no lone CR."""
+        if self.text is not None:
+            return
+        with open(self.path, "rb") as fh:
+            carry = b""
+            while block := fh.read(self.PIECE):
+                data = carry + block
+                cut = data.rfind(b"\n") + 1
+                piece, carry = data[:cut], data[cut:]
+                if not piece:
+                    continue  # no line end yet: a long line
+                if b'"' in piece or piece.count(b"\r") != piece.count(b"\r\n"):
+                    return
+                yield piece
+
+    def _piece_records(self, piece: bytes, lines: int):
+        """(first lines, field counts, lines in the piece) of a simple piece that starts on line
+        ``lines + 1``: one record per line that holds anything but blanks and its line end."""
+        arr = np.frombuffer(piece, np.uint8)
+        ends = np.flatnonzero(arr == 10)
+        starts = np.concatenate([[0], ends[:-1] + 1])
+        filler = np.zeros(256, dtype=bool)
+        filler[list((self.blank + "\r\n").encode("latin-1"))] = True
+        filled = np.add.reduceat(~filler[arr], starts, dtype=np.int64) > 0
+        fields = np.add.reduceat(arr == ord(self.delimiter), starts, dtype=np.int64) + 1
+        return lines + 1 + np.flatnonzero(filled), fields[filled], len(ends)
 
     def _rows(self, offset: int = 0, line0: int = 0):
         """(start line, fields) of every record from byte ``offset`` (a line start that is line
@@ -365,7 +434,6 @@ class Locator:
             raw = open(self.path, "rb")
             raw.seek(offset)
             fh = io.TextIOWrapper(raw, encoding="latin-1", newline="")
-        blank = " \t".replace(self.delimiter, "")
         tap = _Tap(fh)
         with fh:
             reader = csv.reader(tap, delimiter=self.delimiter)
@@ -376,7 +444,7 @@ class Locator:
                     prev_end = line0 + reader.line_num
                     if not row:  # a blank line: pandas skips it, it is not a record
                         continue
-                    if start == prev_end and len(row) == 1 and not tap.last.strip(blank + "\r\n"):
+                    if start == prev_end and len(row) == 1 and not tap.last.strip(self.blank + "\r\n"):
                         continue  # spaces / tabs only: pandas skips that line too
                     yield start, row
             except csv.Error:
@@ -411,68 +479,6 @@ class Locator:
                 if "unexpected end of data" in str(exc):
                     return last, fields
         return None
-
-    def _pieces(self):
-        """(offset, lines before, piece) for the leading simple pieces of whole lines."""
-        if self.text is not None:
-            return
-        offset = lines = 0
-        with open(self.path, "rb") as fh:
-            carry = b""
-            while True:
-                block = fh.read(self.PIECE)
-                if not block:
-                    return
-                data = carry + block
-                cut = data.rfind(b"\n") + 1
-                if cut == 0:
-                    carry = data
-                    continue
-                piece, carry = data[:cut], data[cut:]
-                simple = (b'"' not in piece and b"\n\n" not in piece and b"\n\r\n" not in piece
-                          and not piece.startswith((b"\n", b"\r\n", b" ", b"\t"))
-                          and b"\n " not in piece and b"\n\t" not in piece  # maybe a line of spaces
-                          and piece.count(b"\r") == piece.count(b"\r\n"))
-                if not simple:
-                    return
-                yield offset, lines, piece
-                offset += cut
-                lines += piece.count(b"\n")
-
-    def line(self, record: int) -> int:
-        """Physical line on which data record ``record`` starts."""
-        target = record + (1 if self.header else 0)  # records counted from line 1
-        offset = lines = 0
-        for offset, lines, piece in self._pieces():
-            n = piece.count(b"\n")
-            if lines + n > target:  # in simple pieces, line k holds record k
-                return target + 1
-            offset, lines = offset + len(piece), lines + n
-        last = 1
-        for i, (start, _row) in enumerate(self._rows(offset, lines)):
-            last = start
-            if lines + i == target:
-                return start
-        return last
-
-    def first_bad_width(self, n_fields: int) -> tuple[int, int]:
-        """(line, number of fields) of the first record without ``n_fields`` fields."""
-        offset = lines = 0
-        delim = ord(self.delimiter)
-        for offset, lines, piece in self._pieces():
-            arr = np.frombuffer(piece, np.uint8)
-            ends = np.flatnonzero(arr == 10)
-            per_line = np.diff(np.concatenate([[0], np.cumsum(arr == delim)[ends]])) + 1
-            bad = np.flatnonzero(per_line != n_fields)
-            if len(bad):
-                return lines + int(bad[0]) + 1, int(per_line[bad[0]])
-            offset, lines = offset + len(piece), lines + len(ends)
-        for start, row in self._rows(offset, lines):
-            if row is None:
-                return start, -1
-            if len(row) != n_fields:
-                return start, len(row)
-        return 1, -1
 
 
 def parser_error(path: Path, exc: Exception, locator: Locator, n_fields: int, what: str = "") -> DataError:
