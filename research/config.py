@@ -27,8 +27,10 @@ from research.errors import ConfigError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-#: data.source values: the synthetic generator, the real sources' adapters, and prepared parquet
-DATA_SOURCES = ("synth", "mal2020", "cooperunion2017", "generic", "processed")
+#: the raw file formats ``research.data.sources`` reads (``animerec prepare --source``)
+RAW_SOURCES = ("mal2020", "cooperunion2017", "generic")
+#: data.source values: the synthetic generator, the raw formats, and ``animerec prepare``'s parquet
+DATA_SOURCES = ("synth", *RAW_SOURCES, "processed")
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from research import config
 from research.config import DataConfig
 from research.data import prepare, sources
+from research.data.load import load_dataset
 from research.data.validate import FileStats, check_balance
 from research.errors import ConfigError, DataError, ResourceError
 
@@ -48,9 +50,9 @@ def _same(raw: Path, adapter: str, cfg: DataConfig, out: Path, chunk_rows: int):
 def test_prepare_matches_load_on_samples(shared_data, tmp_path, adapter, cfg):
     pm = _same(shared_data / adapter, adapter, cfg, tmp_path / "out", chunk_rows=20_000)
     assert pm["buckets"] > 1 or adapter == "mal2020" and cfg.ratings  # several buckets on the big samples
-    # through the "processed" adapter too
-    f, t, m = sources.load("processed", tmp_path / "out", cfg)
-    assert len(f) == pm["outputs"]["ratings"]["rows"]
+    # through data.source = "processed" too
+    ds = load_dataset(config.from_dict({"data": {"source": "processed", "path": str(tmp_path / "out")}}))
+    assert len(ds.interactions) == pm["outputs"]["ratings"]["rows"]
 
 
 def _synthetic(path: Path, n_users: int, per_user: int, seed: int, shuffle: bool) -> pd.DataFrame:

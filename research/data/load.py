@@ -16,11 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from research.config import DATA_SOURCES, REPO_ROOT, Config
+from research.config import REPO_ROOT, Config
 from research.data.interactions import Dataset, build_dataset
 from research.errors import ConfigError
-
-REAL_SOURCES = tuple(s for s in DATA_SOURCES if s != "synth")
 
 
 def find_raw(source: str, path: str = "") -> Path | None:
@@ -67,9 +65,9 @@ def ensure_synth(cfg: Config) -> Path:
 
 def load_dataset(cfg: Config, quiet: bool = False) -> Dataset:
     """Load the data set of ``cfg`` (see the module docstring for where it is looked for)."""
-    from research.data import sources
+    from research.data import prepare, sources
 
-    source = cfg.data.source  # one of DATA_SOURCES: checked when the config loaded
+    source = cfg.data.source  # one of config.DATA_SOURCES: checked when the config loaded
     if source == "synth":
         raw, adapter, name = ensure_synth(cfg), "mal2020", "synth"
     else:
@@ -85,6 +83,9 @@ def load_dataset(cfg: Config, quiet: bool = False) -> Dataset:
                       file=sys.stderr)
             raw, adapter, name = ensure_synth(cfg), "mal2020", "synth"
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, ratings="", catalogue="", synopsis=""))
-    frame, item_table, manifest = sources.load(adapter, raw, cfg.data)
+    if adapter == "processed":  # prepare applied the data filters its manifest records
+        frame, item_table, manifest = prepare.load_processed(raw)
+    else:
+        frame, item_table, manifest = sources.load(adapter, raw, cfg.data)
     manifest = {"source": adapter, "raw": str(raw), **manifest}
     return build_dataset(frame, item_table, name=name, manifest=manifest)

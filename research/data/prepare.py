@@ -103,7 +103,7 @@ def prepare(source: str, raw_dir, out_dir, data_cfg=None, chunk_rows: int = 1_00
     """Validate and convert a raw data set to parquet shards plus ``manifest.json``.
 
     Args:
-        source: mal2020 | cooperunion2017 | generic.
+        source: one of ``sources.ADAPTERS`` (the raw formats).
         raw_dir: folder with the raw files.
         out_dir: output folder (created; earlier ``ratings/part-*.parquet`` there are replaced).
         data_cfg: a ``research.config.DataConfig`` (files, columns, filters); default ``DataConfig()``.
@@ -116,8 +116,8 @@ def prepare(source: str, raw_dir, out_dir, data_cfg=None, chunk_rows: int = 1_00
 
     from research.config import DataConfig
 
-    if source == "processed" or source not in sources.ADAPTERS:
-        raise ConfigError(f"prepare --source must be one of mal2020, cooperunion2017, generic, not {source!r}")
+    if source not in sources.ADAPTERS:
+        raise ConfigError(f"prepare --source must be one of {', '.join(sources.ADAPTERS)}, not {source!r}")
     if chunk_rows < 1:
         raise ConfigError(f"chunk_rows must be >= 1, not {chunk_rows}")
     data_cfg = data_cfg if data_cfg is not None else DataConfig(source=source)

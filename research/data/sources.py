@@ -39,7 +39,10 @@ them, relative to ``raw_dir`` or absolute):
   codes here would make ids in results unreadable). A catalogue only when ``data.catalogue`` is set;
   its id column is ``data.item_col`` (when a name), ``item_id``, ``item``, ``anime_id``, ``MAL_ID`` or
   ``id``.
-* ``processed``: the parquet output of ``animerec prepare`` (``prepare.load_processed``).
+
+The parquet output of ``animerec prepare`` (``data.source = "processed"``) is read by
+``prepare.load_processed``, which returns the same triple; ``load.load_dataset`` chooses between
+the two, so data flow one way (raw -> sources -> validate -> prepare -> load).
 
 The files are read in chunks with pandas (Latin-1, so every byte decodes and a stray non-ASCII byte
 in a number is reported as a bad value rather than a decoding crash); the CSV line endings (LF,
@@ -70,11 +73,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from research.errors import ConfigError, DataError, ResourceError
+from research.config import RAW_SOURCES as ADAPTERS
 from research.data import validate as V
 from research.data.validate import BadValue, FileStats, Locator
-
-ADAPTERS = ("mal2020", "cooperunion2017", "generic", "processed")
+from research.errors import ConfigError, DataError, ResourceError
 
 # Peak resident memory of an in-memory load, per rating row: 63 B/row measured (ru_maxrss above the
 # import baseline) on an 8M-row synthetic rating_complete.csv -- parse buffers of one chunk, the
@@ -747,19 +749,14 @@ def load(adapter: str, raw_dir: Path, data_cfg, *, memory_limit: int | None = No
     """Load ratings, the item table and a manifest (see the module docstring).
 
     Args:
-        adapter: mal2020 | cooperunion2017 | generic | processed.
-        raw_dir: the folder holding the raw files (or the prepared folder for "processed").
-        data_cfg: a ``research.config.DataConfig``. For "processed" its filters are not applied
-            again: ``prepare`` applied the ones recorded in the manifest's ``data_config``.
+        adapter: one of ``ADAPTERS`` (``research.config.RAW_SOURCES``).
+        raw_dir: the folder holding the raw files.
+        data_cfg: a ``research.config.DataConfig``.
         memory_limit: bytes the load may use; default ``ANIMEREC_MEMORY_LIMIT`` or MemAvailable.
 
     Returns:
         (frame, item_table or None, manifest).
     """
-    if adapter == "processed":
-        from research.data import prepare
-
-        return prepare.load_processed(raw_dir, memory_limit=memory_limit)
     plan = plan_files(adapter, Path(raw_dir), data_cfg)
     rf = plan.ratings
     check_memory(rf, data_cfg.max_rows, adapter, plan.raw_dir, memory_limit)
