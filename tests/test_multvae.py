@@ -274,12 +274,53 @@ def test_linear_skip_has_zero_diagonal_and_trains(data, tmp_path):
     np.testing.assert_array_equal(back.score(users), m.score(users))
 
 
+@pytest.mark.parametrize("weighting", ["binary", "rating"])
+def test_wide_ease_part_is_the_ease_solution_folds_in_and_reloads(data, weighting, tmp_path):
+    """wide = "ease": a frozen kernel equal to EASE's B (fitted on the training rows) adds
+    scale · x B to the logits; fold-in of the training rows gives the training-history scores, and
+    the model reloads with the same scores (the kernel is a weight, not saved twice)."""
+    from research.models.base import History
+    from research.models.ease import EASE
+    from research.models.keras.common import KerasRecommender
+    from research.models.keras.multvae import MultVAE
+
+    ds, split = data
+    m = MultVAE(**SMALL, wide="ease", wide_lam=5.0, wide_weighting=weighting, wide_scale=3.0,
+                seed=4).fit(split.train, split.val)
+    mm = m.model
+    ease = EASE(lam=5.0, weighting=weighting).fit(split.train)
+    np.testing.assert_array_equal(mm.wide_kernel.numpy(), ease.B)  # frozen: unchanged by training
+    assert not mm.wide_kernel.trainable and mm.wide_log_scale.trainable
+    users = np.arange(12)
+    # the wide logits of the training rows are scale x EASE's own scores
+    wide = mm.wide_logits(mm.wide_rows(tf_constant(users), "train")).numpy()
+    scale = float(np.exp(mm.wide_log_scale.numpy()))
+    np.testing.assert_allclose(wide, scale * ease.score(users)[:, ease.active], rtol=1e-4, atol=1e-4)
+    h = History.from_interactions(split.train, users)
+    np.testing.assert_allclose(m.score_history(h), m.scores_from_history(users, "train"), rtol=1e-5, atol=1e-5)
+    # the kernel lives in the weights only: no fit-state array is an (n_out x n_out) matrix
+    assert all(v.size < mm.n_out ** 2 for v in m.fit_state.values() if isinstance(v, np.ndarray))
+    m.save(tmp_path / "m")
+    back = KerasRecommender.load(tmp_path / "m", ds.meta)
+    all_users = np.arange(split.train.n_users)
+    np.testing.assert_array_equal(back.score(all_users), m.score(all_users))
+    trainable = MultVAE(**SMALL, wide="ease", wide_lam=5.0, wide_trainable=True, seed=4).fit(split.train, split.val)
+    assert not np.array_equal(trainable.model.wide_kernel.numpy(), EASE(lam=5.0, weighting="binary").fit(split.train).B)
+
+
+def tf_constant(users):
+    import tensorflow as tf
+
+    return tf.constant(np.asarray(users, np.int32))
+
+
 def test_bad_arguments():
     from research.errors import ConfigError
     from research.models.keras.multvae import MultVAE
 
     for bad in ({"variant": "gan"}, {"weighting": "log"}, {"dropout": 1.0}, {"hidden": []}, {"latent": 0},
-                {"catalogue": "some"}, {"beta_cap": -1}, {"linear_l2": -1.0}):
+                {"catalogue": "some"}, {"beta_cap": -1}, {"linear_l2": -1.0}, {"wide": "slim"},
+                {"wide_weighting": "log"}, {"wide_lam": 0.0}, {"wide_scale": 0.0}):
         with pytest.raises(ConfigError):
             MultVAE(**bad)
     assert MultVAE(hidden=300).hidden == [300]

@@ -68,6 +68,16 @@ history, the tuned defaults otherwise): linear_l2 1e-4 -> ndcg@10 0.1403, 1e-6 -
 the skip (EASE 0.1715, item_knn 0.1433, implicit ALS 0.1366 on the same part); it costs a
 (batch, n) x (n, n) product a step (6,539² weights on the sample).
 
+**Wide part** (``wide = "ease"``, off by default): a Wide & Deep-style sum, logits = the VAE's +
+exp(s) · x B, where B is EASE's closed-form item-item matrix (``research.models.ease``, λ =
+``wide_lam``, ``wide_weighting``) fitted in ``prepare`` on the training rows only (the rows the VAE
+trains on; train + validation in a refit), frozen unless ``wide_trainable``, and s a trained
+log-scale starting at log ``wide_scale``. x is the user's whole history in EASE's weighting,
+without dropout, at training as at inference, so the VAE is trained on what EASE leaves
+unexplained under the multinomial likelihood. The kernel is a (modelled anime)² weight (kept
+with the weights, not in the fit state); the product is sparse (history) x dense. It asks
+whether the deep part adds anything to the linear item-item model.
+
 ``user_vectors()``: μ of the encoder for every user (on the scoring history). ``item_vectors()``:
 the rows of the decoder's output kernel (n_items x last hidden width); anime with no training
 interaction get zero vectors (their rows only ever received the softmax's push-down gradient, so
@@ -92,6 +102,7 @@ from research.seeding import child_seed
 VARIANTS = ("vae", "dae")
 WEIGHTINGS = ("binary", "rating")
 CATALOGUES = ("trained", "all")
+WIDES = ("none", "ease")
 _DAE_WEIGHT_DECAY = 0.01  # the paper's lambda for Mult-DAE
 
 
@@ -121,7 +132,8 @@ def beta_schedule(step, beta_cap: float, anneal_steps: int):
 
 class _MultVAEModel(TFRSModel):
     def __init__(self, n_items, out_items, hidden, latent, variant, dropout, weight_decay, beta_cap,
-                 anneal_steps, train_hist, score_hist, candidates, val_k, noise_seed, linear_l2=None):
+                 anneal_steps, train_hist, score_hist, candidates, val_k, noise_seed, linear_l2=None,
+                 wide=None, wide_trainable=False, wide_scale=1.0):
         super().__init__()
         self.n_items = int(n_items)  # the catalogue
         self.n_out = len(out_items)  # the modelled anime (input and softmax), indexed 0..n_out-1
@@ -151,9 +163,22 @@ class _MultVAEModel(TFRSModel):
             self.linear_kernel = self.add_weight(
                 name="linear_kernel", shape=(self.n_out, self.n_out), initializer="zeros",
                 regularizer=tf.keras.regularizers.L2(linear_l2) if linear_l2 > 0 else None)
+        # the wide part (``wide`` not None: an (n_out, n_out) EASE matrix, or zeros when reloading)
+        self.wide_kernel = None
+        if wide is not None:
+            init = wide if isinstance(wide, np.ndarray) else np.zeros((self.n_out, self.n_out), np.float32)
+            self.wide_kernel = self.add_weight(
+                name="wide_kernel", shape=(self.n_out, self.n_out), trainable=bool(wide_trainable),
+                initializer=tf.constant_initializer(init))
+            self.wide_log_scale = self.add_weight(
+                name="wide_log_scale", shape=(), initializer=tf.constant_initializer(math.log(wide_scale)))
         # user -> (anime, weight) ragged tables: training history, and the history scored at inference
-        self.train_items, self.train_weights = _ragged(*train_hist)
-        self.score_items, self.score_weights = _ragged(*score_hist)
+        # (the wide part's weights, EASE's weighting of the same rows, share the anime tables)
+        self.train_items, self.train_weights = _ragged(*train_hist[:3])
+        self.score_items, self.score_weights = _ragged(*score_hist[:3])
+        if wide is not None:
+            self.train_wide_weights = _ragged(train_hist[0], train_hist[1], train_hist[3])[1]
+            self.score_wide_weights = _ragged(score_hist[0], score_hist[1], score_hist[3])[1]
         self.out_items = tf.constant(np.asarray(out_items, np.int32))
         self.candidates = tf.constant(candidates, tf.bool)
         self.kl_tracker = tf.keras.metrics.Mean(name="kl")
@@ -194,6 +219,20 @@ class _MultVAEModel(TFRSModel):
         kernel = tf.linalg.set_diag(self.linear_kernel, tf.zeros([self.n_out], self.linear_kernel.dtype))
         return tf.matmul(x, kernel)
 
+    def wide_rows(self, users, which: str = "train"):
+        """The wide part's input of ``users`` as a (B, n_out) SparseTensor: EASE's weighting of the
+        history table ``which``."""
+        items = self.train_items if which == "train" else self.score_items
+        weights = self.train_wide_weights if which == "train" else self.score_wide_weights
+        rows = tf.gather(items, users)
+        idx = tf.stack([rows.value_rowids(), tf.cast(rows.flat_values, tf.int64)], axis=1)
+        shape = tf.cast(tf.stack([tf.shape(users)[0], self.n_out]), tf.int64)
+        return tf.SparseTensor(idx, tf.gather(weights, users).flat_values, shape)
+
+    def wide_logits(self, x_sparse):
+        """exp(log scale) · x B of the wide part (B's diagonal is 0 in the EASE solution)."""
+        return tf.exp(self.wide_log_scale) * tf.sparse.sparse_dense_matmul(x_sparse, self.wide_kernel)
+
     def encode(self, x, noise_key=None):
         """(μ, log σ²) of the dense bag ``x`` (log σ² None for the DAE): L2-normalised per row, then
         input dropout keyed on ``noise_key`` ((2,) int64; None at inference)."""
@@ -220,14 +259,20 @@ class _MultVAEModel(TFRSModel):
     def logits_of(self, users, which: str = "score"):
         """Inference logits over the catalogue (μ, no dropout) of ``users`` fed the history table
         ``which``; anime not modelled score (the row's lowest logit − 1)."""
-        return self.logits_from_bag(self.dense_batch(users, which))
+        wide = self.wide_rows(users, which) if self.wide_kernel is not None else None
+        return self.logits_from_bag(self.dense_batch(users, which), wide)
 
-    def logits_from_bag(self, x):
-        """Inference logits over the catalogue of the dense (B, n_out) bags ``x`` (fold-in)."""
+    def logits_from_bag(self, x, x_wide=None):
+        """Inference logits over the catalogue of the dense (B, n_out) bags ``x`` (fold-in);
+        ``x_wide``: the wide part's input (dense or sparse (B, n_out); needed when there is one)."""
         mu, _ = self.encode(x)
         logits = self.decode(mu)
         if self.linear_kernel is not None:
             logits = logits + self.skip_logits(x)
+        if self.wide_kernel is not None:
+            if not isinstance(x_wide, tf.SparseTensor):
+                x_wide = tf.sparse.from_dense(x_wide)
+            logits = logits + self.wide_logits(x_wide)
         return self.to_catalogue(logits, tf.reduce_min(logits, axis=1, keepdims=True) - 1.0)
 
     def call(self, inputs, training=False):
@@ -256,6 +301,8 @@ class _MultVAEModel(TFRSModel):
         logits = self.decode(z)
         if self.linear_kernel is not None:
             logits = logits + self.skip_logits(x, k_drop)
+        if self.wide_kernel is not None:  # the whole history, as at inference (no dropout)
+            logits = logits + self.wide_logits(self.wide_rows(users, "train"))
         nll = tf.reduce_mean(multinomial_nll(logits, x))
         return nll, kl
 
@@ -319,6 +366,11 @@ class MultVAE(KerasRecommender):
         linear: add a full-rank item-item skip to the decoder's logits, x B with diag(B) = 0 (see
             the module docstring): (modelled anime)² weights.
         linear_l2: L2 penalty λ Σ B² on that skip.
+        wide: "none", or "ease": add a frozen EASE item-item part to the logits (see the module
+            docstring).
+        wide_lam, wide_weighting: that EASE's λ and weighting ("binary" / "rating").
+        wide_trainable: fine-tune the EASE kernel with the VAE instead of keeping it fixed.
+        wide_scale: the starting value of the wide part's trained scale.
         epochs, batch_size, learning_rate, patience, ...: see ``KerasRecommender``.
     """
 
@@ -334,7 +386,9 @@ class MultVAE(KerasRecommender):
                  beta_cap: float = 0.5, anneal_epochs: float = 60.0, anneal_steps: int = 0,
                  weight_decay: float | None = None, weighting: str = "binary", catalogue: str = "trained",
                  fold_in: bool = True, val_k: int = 10, val_users: int = 2000, linear: bool = False,
-                 linear_l2: float = 1e-4, seed: int = 0, **train):
+                 linear_l2: float = 1e-4, wide: str = "none", wide_lam: float = 300.0,
+                 wide_weighting: str = "binary", wide_trainable: bool = False, wide_scale: float = 1.0,
+                 seed: int = 0, **train):
         super().__init__(seed=seed, **train)
         hidden = [hidden] if isinstance(hidden, (int, np.integer)) else list(hidden)
         if not hidden or any(int(h) < 1 for h in hidden) or int(latent) < 1:
@@ -353,6 +407,12 @@ class MultVAE(KerasRecommender):
             raise ConfigError("multvae: val_k and val_users must be >= 1")
         if linear_l2 < 0:
             raise ConfigError(f"multvae: linear_l2 must be >= 0, got {linear_l2}")
+        if wide not in WIDES:
+            raise ConfigError(f"multvae: wide must be one of {WIDES}, got {wide!r}")
+        if wide_weighting not in WEIGHTINGS:
+            raise ConfigError(f"multvae: wide_weighting must be one of {WEIGHTINGS}, got {wide_weighting!r}")
+        if not float(wide_lam) > 0 or not float(wide_scale) > 0:
+            raise ConfigError(f"multvae: wide_lam and wide_scale must be > 0, got {wide_lam}, {wide_scale}")
         self.monitor = f"val_ndcg_at_{int(val_k)}"
         self.hidden = [int(h) for h in hidden]
         self.latent = int(latent)
@@ -367,7 +427,10 @@ class MultVAE(KerasRecommender):
         self.fold_in = bool(fold_in)
         self.val_k, self.val_users = int(val_k), int(val_users)
         self.linear, self.linear_l2 = bool(linear), float(linear_l2)
+        self.wide, self.wide_lam, self.wide_weighting = wide, float(wide_lam), wide_weighting
+        self.wide_trainable, self.wide_scale = bool(wide_trainable), float(wide_scale)
         self._fit_val = None
+        self._wide_init = None  # the EASE matrix between prepare() and build_model() (not saved twice)
 
     @property
     def effective_weight_decay(self) -> float:
@@ -392,14 +455,14 @@ class MultVAE(KerasRecommender):
         keep = len(key) - 1 - last
         keep = keep[modelled[data.item[keep]] >= 0]
         user, item = data.user[keep], data.item[keep]
-        if self.weighting == "rating":
-            r = data.rating[keep]
-            w = np.where(np.isnan(r), 1.0, r / max(mean_rating, 1e-6))
-        else:
-            w = np.ones(len(keep))
+        r = data.rating[keep]
+        w = np.where(np.isnan(r), 1.0, r / max(mean_rating, 1e-6)) if self.weighting == "rating" \
+            else np.ones(len(keep))
+        # the wide part's input: EASE's weighting (the rating where rated, 1 where not; or 1)
+        w_wide = np.where(np.isnan(r), 1.0, r) if self.wide_weighting == "rating" else np.ones(len(keep))
         indptr = np.zeros(data.n_users + 1, np.int64)
         np.cumsum(np.bincount(user, minlength=data.n_users), out=indptr[1:])
-        return indptr, modelled[item].astype(np.int32), w.astype(np.float32)
+        return indptr, modelled[item].astype(np.int32), w.astype(np.float32), w_wide.astype(np.float32)
 
     def prepare(self, train: Interactions) -> dict:
         r = train.rating[train.rated]
@@ -416,10 +479,28 @@ class MultVAE(KerasRecommender):
         n_users = int(np.count_nonzero(np.diff(tr[0])))
         steps_per_epoch = max(math.ceil(n_users / self.batch_size), 1)
         anneal = self.anneal_steps or int(round(self.anneal_epochs * steps_per_epoch))
+        self._wide_init = self._fit_wide(train, out_items) if self.wide == "ease" else None
         return {"train_indptr": tr[0], "train_items": tr[1], "train_weights": tr[2],
+                "train_wide_weights": tr[3],
                 "score_indptr": sc[0], "score_items": sc[1], "score_weights": sc[2],
+                "score_wide_weights": sc[3],
                 "out_items": out_items.astype(np.int32), "trained_items": trained, "mean_rating": mean_rating,
                 "anneal_steps_used": anneal, "steps_per_epoch": steps_per_epoch}
+
+    def _fit_wide(self, train: Interactions, out_items: np.ndarray) -> np.ndarray:
+        """EASE (``research.models.ease``, λ = ``wide_lam``, ``wide_weighting``) fitted on the
+        training rows, as an (n_out, n_out) matrix over the modelled anime."""
+        from research.models.ease import EASE
+
+        ease = EASE(lam=self.wide_lam, weighting=self.wide_weighting).fit(train)
+        pos = np.full(train.n_items, -1, np.int64)
+        pos[out_items] = np.arange(len(out_items))
+        at = pos[ease.active]
+        if len(at) == len(out_items) and np.array_equal(at, np.arange(len(out_items))):
+            return np.ascontiguousarray(ease.B, np.float32)  # the usual case: the same anime, in order
+        kernel = np.zeros((len(out_items), len(out_items)), np.float32)
+        kernel[np.ix_(at, at)] = ease.B
+        return kernel
 
     def features(self, data: Interactions, training: bool) -> dict[str, np.ndarray]:
         if training:  # one example per user with a training interaction
@@ -431,12 +512,15 @@ class MultVAE(KerasRecommender):
         return _MultVAEModel(
             self.meta.n_items, st["out_items"], self.hidden, self.latent, self.variant, self.dropout,
             self.effective_weight_decay, self.beta_cap, st["anneal_steps_used"],
-            (st["train_indptr"], st["train_items"], st["train_weights"]),
-            (st["score_indptr"], st["score_items"], st["score_weights"]),
+            (st["train_indptr"], st["train_items"], st["train_weights"], st.get("train_wide_weights")),
+            (st["score_indptr"], st["score_items"], st["score_weights"], st.get("score_wide_weights")),
             st["trained_items"], self.val_k, child_seed(self.seed, "multvae_noise"),
-            linear_l2=self.linear_l2 if self.linear else None)
+            linear_l2=self.linear_l2 if self.linear else None,
+            wide=(self._wide_init if self._wide_init is not None else True) if self.wide == "ease" else None,
+            wide_trainable=self.wide_trainable, wide_scale=self.wide_scale)
 
     def after_fit(self) -> None:
+        self._wide_init = None  # now a weight of the model
         self._logits_fn = {}
         k = self.model.logits_layer.kernel.numpy().T  # (modelled anime, last hidden)
         w = np.zeros((self.meta.n_items, k.shape[1]), np.float32)
@@ -473,17 +557,28 @@ class MultVAE(KerasRecommender):
         self._require_fitted()
         st = self.fit_state
         out_items = np.asarray(st["out_items"])
+        row, item, r = history.triples()
+
+        def weighted(rating_w):
+            return sp.csr_matrix((rating_w.astype(np.float32), (row, item)), shape=history.seen.shape)
+
         if self.weighting == "rating":
-            row, item, r = history.triples()
-            w = np.where(np.isnan(r), 1.0, r / max(st["mean_rating"], 1e-6)).astype(np.float32)
-            bag = sp.csr_matrix((w, (row, item)), shape=history.seen.shape)
+            bag = weighted(np.where(np.isnan(r), 1.0, r / max(st["mean_rating"], 1e-6)))
         else:
             bag = history.seen
         bag = bag[:, out_items].tocsr()  # modelled anime, in the model's order
+        wide = None
+        if self.wide == "ease":
+            wide = weighted(np.where(np.isnan(r), 1.0, r)) if self.wide_weighting == "rating" else history.seen
+            wide = wide[:, out_items].tocsr()
         if "bag" not in self._logits_fn:
             self._logits_fn["bag"] = tf.function(self.model.logits_from_bag, reduce_retracing=True)
         b = self.eval_batch_size
-        out = [self._logits_fn["bag"](tf.constant(bag[s:s + b].toarray(), tf.float32)).numpy()
+
+        def dense(m, s):
+            return None if m is None else tf.constant(m[s:s + b].toarray(), tf.float32)
+
+        out = [self._logits_fn["bag"](dense(bag, s), dense(wide, s)).numpy()
                for s in range(0, bag.shape[0], b)]
         return np.concatenate(out) if out else np.zeros((0, self.meta.n_items), np.float32)
 
