@@ -83,6 +83,7 @@ import numpy as np
 from research import results as R
 from research.config import Config, ModelSpec
 from research.errors import ConfigError
+from research.eval import metrics as M
 from research.models import registry
 from research.seeding import child_seed, seed_everything
 
@@ -181,8 +182,6 @@ def check_space(spec: ModelSpec, oracle: str = "random") -> dict:
 def check_objective(cfg: Config, spec: ModelSpec) -> tuple[str, str]:
     """The (objective, direction) of the search, checked against what the harness measures for
     this model. The direction is the metric's own (``research.eval.metrics.METRICS``)."""
-    from research.eval import metrics as M
-
     obj, k = cfg.tune.objective, cfg.eval.k
     valid = M.harness_keys(k)
     if obj not in valid:
@@ -458,7 +457,7 @@ def _tuner_class():
                 # rating objectives skip the ranking pass (scoring every user x every anime),
                 # which dominated rmse-tuned dnn trials
                 res = ctx.evaluate(model, split, part="val",
-                                   ranking=ctx.objective not in ("rmse", "mae"))
+                                   ranking=M.metric(ctx.objective).unit != "rating")
                 metrics = {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
                 value = metrics.get(ctx.objective)
                 if value is None or not math.isfinite(float(value)):
@@ -527,10 +526,7 @@ class _Context:
 
     @property
     def metric_names(self) -> list[str]:
-        k = self.cfg.eval.k
-        from research.eval.metrics import harness_keys
-
-        return harness_keys(self.cfg.eval.k)
+        return M.harness_keys(self.cfg.eval.k)
 
     def evaluate(self, model, split, part: str, ranking: bool = True):
         from research.eval.harness import evaluate

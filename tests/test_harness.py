@@ -107,3 +107,20 @@ def test_bias_beats_global_mean_on_structured_data():
     g = evaluate(GlobalMean().fit(s.train), s).summary["rmse"]
     b = evaluate(Bias().fit(s.train), s).summary["rmse"]
     assert b < 0.8 * g
+
+
+def test_summary_and_per_user_columns_come_from_the_metric_table():
+    """The harness reports what research.eval.metrics.METRICS lists, in its order: the keys a
+    tuner may name (harness_keys) and one per_user column per per-user metric."""
+    from research.data.splits import random_split
+    from research.eval.metrics import METRICS, harness_keys
+
+    r = np.random.default_rng(1)
+    f = pd.DataFrame({"user": r.integers(0, 40, 1500), "item": r.integers(0, 60, 1500),
+                      "rating": r.integers(1, 11, 1500).astype(float)}).drop_duplicates(["user", "item"])
+    s = random_split(build_dataset(f).interactions, 0.2, 0.1, 0)
+    res = evaluate(Bias().fit(s.train), s, k=5)
+    assert [key for key in res.summary if key in harness_keys(5)] == harness_keys(5)
+    per_user = [f"{m.per_user_column}@5" for m in METRICS.values() if m.unit == "user"]
+    assert list(res.per_user.columns) == ["user", "n_relevant", *per_user]
+    assert res.summary["map@5"] == pytest.approx(res.per_user["ap@5"].mean())

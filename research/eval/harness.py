@@ -112,11 +112,7 @@ def evaluate_parts(model, train: Interactions, seen: Interactions, target: Inter
         step = 1 << 20
         for s in range(0, len(rated), step):
             preds[s:s + step] = model.predict(rated.user[s:s + step], rated.item[s:s + step])
-        summary["rmse"] = M.rmse(rated.rating, preds)
-        summary["mae"] = M.mae(rated.rating, preds)
-        summary["rated_target_rows"] = int(len(rated))
-        per_rating = pd.DataFrame({"user": rated.meta.users.ids(rated.user), "item": rated.meta.items.ids(rated.item),
-                                   "rating": rated.rating, "prediction": preds.astype(np.float32)})
+        per_rating = _rating(summary, rated, preds)
     else:
         per_rating = None
 
@@ -142,6 +138,20 @@ def evaluate_parts(model, train: Interactions, seen: Interactions, target: Inter
     return EvalResult(summary, per_user, per_rating)
 
 
+RATING_METRICS = [m for m in M.METRICS.values() if m.unit == "rating"]
+USER_METRICS = [m for m in M.METRICS.values() if m.unit == "user"]
+
+
+def _rating(summary: dict, rated: Interactions, preds: np.ndarray) -> pd.DataFrame:
+    """The rating metrics of ``preds`` (one per row of ``rated``), written into ``summary``;
+    returns the per-rating table."""
+    for m in RATING_METRICS:
+        summary[m.name] = m.fn(rated.rating, preds)
+    summary["rated_target_rows"] = int(len(rated))
+    return pd.DataFrame({"user": rated.meta.users.ids(rated.user), "item": rated.meta.items.ids(rated.item),
+                         "rating": rated.rating, "prediction": preds.astype(np.float32)})
+
+
 def _ranking(summary: dict, batch_scores, train: Interactions, rel_keys: np.ndarray, rel_users: np.ndarray,
              n_rel: np.ndarray, part_users: np.ndarray, candidates: np.ndarray, k: int,
              batch_users: int) -> pd.DataFrame:
@@ -153,7 +163,7 @@ def _ranking(summary: dict, batch_scores, train: Interactions, rel_keys: np.ndar
     item_pop = np.bincount(train.item, minlength=n_items).astype(np.float64) / max(len(train.users_present()), 1)
     rel_items = (rel_keys % n_items).astype(np.int64)
 
-    cols = {name: [] for name in ("precision", "recall", "ndcg", "ap", "hit", "novelty")}
+    cols = {m.per_user_column: [] for m in USER_METRICS}
     all_top = []
     for s in range(0, len(rel_users), batch_users):
         users = rel_users[s:s + batch_users]
@@ -161,25 +171,20 @@ def _ranking(summary: dict, batch_scores, train: Interactions, rel_keys: np.ndar
         if items.shape[1] < k:  # fewer candidates than k: pad so every list has k slots
             items = np.pad(items, ((0, 0), (0, k - items.shape[1])), constant_values=-1)
         hits = _member(_keys(np.repeat(users, k).reshape(-1, k), items, n_items), rel_keys) & (items >= 0)
-        nr = n_rel[s:s + batch_users]
-        cols["precision"].append(M.precision_at_k(hits, k))
-        cols["recall"].append(M.recall_at_k(hits, nr, k))
-        cols["ndcg"].append(M.ndcg_at_k(hits, nr, k))
-        cols["ap"].append(M.average_precision_at_k(hits, nr, k))
-        cols["hit"].append(M.hit_rate_at_k(hits, k))
-        cols["novelty"].append(M.novelty(items, item_pop))
+        lists = M.Lists(hits, n_rel[s:s + batch_users], k, items, item_pop)
+        for m in USER_METRICS:
+            cols[m.per_user_column].append(m.fn(lists))
         all_top.append(items)
     per = {name: (np.concatenate(v) if v else np.zeros(0)) for name, v in cols.items()}
     top = np.concatenate(all_top) if all_top else np.zeros((0, k), np.int64)
 
     if len(rel_users):
-        summary[f"precision@{k}"] = float(per["precision"].mean())
-        summary[f"recall@{k}"] = float(per["recall"].mean())
-        summary[f"ndcg@{k}"] = float(per["ndcg"].mean())
-        summary[f"map@{k}"] = float(per["ap"].mean())
-        summary[f"hit_rate@{k}"] = float(per["hit"].mean())
-        summary[f"coverage@{k}"] = M.coverage(top, int(candidates.sum()))
-        summary[f"novelty@{k}"] = float(np.nanmean(per["novelty"])) if np.isfinite(per["novelty"]).any() else float("nan")
+        for m in M.METRICS.values():  # in the table's order
+            if m.unit == "user":  # the mean over users (NaN: not measurable for that user)
+                v = per[m.per_user_column]
+                summary[f"{m.name}@{k}"] = float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+            elif m.name == "coverage":  # the one run-level metric of the lists themselves
+                summary[f"coverage@{k}"] = M.coverage(top, int(candidates.sum()))
         summary["users_evaluated"] = int(len(rel_users))
         summary["users_without_target"] = int(len(np.setdiff1d(part_users, rel_users)))
         summary["relevant_not_in_train"] = int((~candidates[rel_items]).sum())
@@ -187,8 +192,7 @@ def _ranking(summary: dict, batch_scores, train: Interactions, rel_keys: np.ndar
     return pd.DataFrame({
         "user": train.meta.users.ids(rel_users) if len(rel_users) else np.zeros(0, np.int64),
         "n_relevant": n_rel,
-        f"precision@{k}": per["precision"], f"recall@{k}": per["recall"], f"ndcg@{k}": per["ndcg"],
-        f"ap@{k}": per["ap"], f"hit@{k}": per["hit"], f"novelty@{k}": per["novelty"],
+        **{f"{col}@{k}": v for col, v in per.items()},
     })
 
 
@@ -238,11 +242,7 @@ def evaluate_heldout(model, train: Interactions, history: Interactions, target: 
             rows = np.flatnonzero((pos[rated.user] >= s) & (pos[rated.user] < s + len(users)))
             hist = History.from_interactions(history, users)
             preds[rows] = predict_history(hist, pos[rated.user[rows]] - s, rated.item[rows])
-        summary["rmse"] = M.rmse(rated.rating, preds)
-        summary["mae"] = M.mae(rated.rating, preds)
-        summary["rated_target_rows"] = int(len(rated))
-        per_rating = pd.DataFrame({"user": rated.meta.users.ids(rated.user), "item": rated.meta.items.ids(rated.item),
-                                   "rating": rated.rating, "prediction": preds.astype(np.float32)})
+        per_rating = _rating(summary, rated, preds)
 
     # ---- ranking metrics (fold-in scores) -------------------------------------------------
     rel_keys, rel_users, n_rel = _relevant(target, relevance_threshold, n_items)

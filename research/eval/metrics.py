@@ -1,67 +1,18 @@
-"""Metrics. Each ranking metric takes a boolean ``hits`` matrix (users x k: is the item at rank
-j relevant?) and ``n_relevant`` (relevant items per user, > 0) and returns one value per user; the
-harness averages over users. Gains are binary (relevant = 1), so ``2^rel - 1`` and linear gains
-coincide. Rank j is 0-based in code and 1-based in the formulas.
+"""Metrics, and ``METRICS``: the one table of what the code knows about each (its function, which
+way is better, per user / per rating / per run). The harness computes what the table lists, the
+report, tuner and figures read directions and per-user columns from it.
+
+Each ranking metric takes a boolean ``hits`` matrix (users x k: is the item at rank j relevant?)
+and ``n_relevant`` (relevant items per user, > 0) and returns one value per user; the harness
+averages over users. Gains are binary (relevant = 1), so ``2^rel - 1`` and linear gains coincide.
+Rank j is 0-based in code and 1-based in the formulas.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
-
-
-@dataclass(frozen=True)
-class Metric:
-    """What the code knows about one harness metric. ``name`` carries no cut-off; ranking metrics
-    appear as ``name@k`` in summaries."""
-
-    name: str
-    higher_is_better: bool
-    #: "user" (a per-user value, averaged), "rating" (over rated target rows), "run" (one value)
-    unit: str
-    #: column of per_user.csv holding its per-user values ("" = none)
-    per_user_column: str = ""
-    #: the ranking cut-off applies (summary key ``name@k``)
-    at_k: bool = False
-    #: a measure of quality (bolded and tested in tables), not a description like coverage
-    quality: bool = True
-
-
-#: Every metric the harness and the models report: the one place that says which way is better.
-METRICS: dict[str, Metric] = {m.name: m for m in (
-    Metric("rmse", False, "rating"),
-    Metric("mae", False, "rating"),
-    Metric("precision", True, "user", "precision", at_k=True),
-    Metric("recall", True, "user", "recall", at_k=True),
-    Metric("ndcg", True, "user", "ndcg", at_k=True),
-    Metric("map", True, "user", "ap", at_k=True),
-    Metric("hit_rate", True, "user", "hit", at_k=True),
-    Metric("coverage", True, "run", at_k=True, quality=False),
-    Metric("novelty", True, "user", "novelty", at_k=True, quality=False),
-    Metric("wcss", False, "run", quality=False),
-    Metric("silhouette", True, "run", quality=False),
-    Metric("fit_seconds", False, "run", quality=False),
-)}
-
-
-def metric(key: str) -> Metric:
-    """The ``Metric`` of a summary key (``"ndcg@10"`` -> ndcg); KeyError if unknown."""
-    base, _, k = key.partition("@")
-    m = METRICS[base]
-    if bool(k) != m.at_k:
-        raise KeyError(key)
-    return m
-
-
-def direction(key: str) -> str:
-    """"max" or "min": how ``key`` improves (keras-tuner's and early stopping's words)."""
-    return "max" if metric(key).higher_is_better else "min"
-
-
-def harness_keys(k: int) -> list[str]:
-    """The summary keys the harness can report at cut-off ``k`` (rating metrics first)."""
-    return [m.name + (f"@{k}" if m.at_k else "") for m in METRICS.values()
-            if m.unit in ("rating", "user") or m.name == "coverage"]
 
 
 def rmse(y_true, y_pred) -> float:
@@ -162,3 +113,75 @@ def silhouette(x: np.ndarray, labels: np.ndarray, sample_size: int = 5000, seed:
     size = min(sample_size, len(labels))
     return float(silhouette_score(x, labels, sample_size=size if size < len(labels) else None,
                                   random_state=seed))
+
+
+# ---- the table ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Lists:
+    """One batch of users' top-k lists: what a per-user ranking metric is computed from."""
+
+    hits: np.ndarray  # users x k: is the item at rank j relevant?
+    n_relevant: np.ndarray  # relevant target items per user (> 0)
+    k: int
+    items: np.ndarray  # users x k listed item indices (-1 = padding)
+    item_popularity: np.ndarray  # per item, the share of training users who interacted with it
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What the code knows about one harness metric. ``name`` carries no cut-off; ranking metrics
+    appear as ``name@k`` in summaries."""
+
+    name: str
+    higher_is_better: bool
+    #: "user" (a per-user value, averaged), "rating" (over rated target rows), "run" (one value)
+    unit: str
+    #: column of per_user.csv holding its per-user values ("" = none)
+    per_user_column: str = ""
+    #: the ranking cut-off applies (summary key ``name@k``)
+    at_k: bool = False
+    #: a measure of quality (bolded and tested in tables), not a description like coverage
+    quality: bool = True
+    #: how the harness computes it: unit "rating": f(ratings, predictions) -> float; unit "user":
+    #: f(Lists) -> one value per user (NaN: not measurable for that user, left out of the mean);
+    #: None: computed elsewhere (coverage by the harness over all lists, the rest by models)
+    fn: Callable | None = None
+
+
+#: Every metric the harness and the models report: the one place that says which way is better.
+#: Summary keys and per_user.csv columns follow this order.
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("rmse", False, "rating", fn=rmse),
+    Metric("mae", False, "rating", fn=mae),
+    Metric("precision", True, "user", "precision", at_k=True, fn=lambda b: precision_at_k(b.hits, b.k)),
+    Metric("recall", True, "user", "recall", at_k=True, fn=lambda b: recall_at_k(b.hits, b.n_relevant, b.k)),
+    Metric("ndcg", True, "user", "ndcg", at_k=True, fn=lambda b: ndcg_at_k(b.hits, b.n_relevant, b.k)),
+    Metric("map", True, "user", "ap", at_k=True, fn=lambda b: average_precision_at_k(b.hits, b.n_relevant, b.k)),
+    Metric("hit_rate", True, "user", "hit", at_k=True, fn=lambda b: hit_rate_at_k(b.hits, b.k)),
+    Metric("coverage", True, "run", at_k=True, quality=False),
+    Metric("novelty", True, "user", "novelty", at_k=True, quality=False,
+           fn=lambda b: novelty(b.items, b.item_popularity)),
+    Metric("wcss", False, "run", quality=False),
+    Metric("silhouette", True, "run", quality=False),
+    Metric("fit_seconds", False, "run", quality=False),
+)}
+
+
+def metric(key: str) -> Metric:
+    """The ``Metric`` of a summary key (``"ndcg@10"`` -> ndcg); KeyError if unknown."""
+    base, _, k = key.partition("@")
+    m = METRICS[base]
+    if bool(k) != m.at_k:
+        raise KeyError(key)
+    return m
+
+
+def direction(key: str) -> str:
+    """"max" or "min": how ``key`` improves (keras-tuner's and early stopping's words)."""
+    return "max" if metric(key).higher_is_better else "min"
+
+
+def harness_keys(k: int) -> list[str]:
+    """The summary keys the harness can report at cut-off ``k`` (rating metrics first)."""
+    return [m.name + (f"@{k}" if m.at_k else "") for m in METRICS.values()
+            if m.unit in ("rating", "user") or m.name == "coverage"]
