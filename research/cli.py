@@ -34,7 +34,11 @@ def cmd_prepare(args) -> int:
                                  ("min_user_ratings", args.min_user_ratings)) if v is not None}
     data_cfg = dataclasses.replace(data_cfg, **changes)
     out = Path(args.out) if args.out else Path("data/processed") / args.source
-    manifest = prepare.prepare(args.source, Path(args.raw), out, data_cfg=data_cfg, chunk_rows=args.chunk_rows)
+    from research import progress
+
+    with progress.Status(f"prepare {args.source}", enabled=progress.enabled(args.quiet), unit="B",
+                         poll=progress.file_reader(args.raw)):
+        manifest = prepare.prepare(args.source, Path(args.raw), out, data_cfg=data_cfg, chunk_rows=args.chunk_rows)
     for name, f in manifest.get("files", {}).items():
         dropped = ", ".join(f"{k}={v}" for k, v in f.get("rows_dropped", {}).items()) or "none"
         flagged = ", ".join(f"{k}={v}" for k, v in f.get("rows_flagged", {}).items())
@@ -77,9 +81,28 @@ def cmd_eda(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from research import tuning
+    import time
 
-    out = tuning.tune(_config(args))
+    from research import progress, tuning
+    from research.experiment import data_roots
+
+    cfg = _config(args)
+    name = tuning.tuned_spec(cfg).name
+    budget = f"/{cfg.tune.max_trials}" if cfg.tune.oracle != "hyperband" else ""
+    reader = progress.file_reader(*data_roots(cfg))
+    started: list = []
+
+    def trial(tid, params):  # tune's hook at the start of every trial: the trial on the status line
+        started.append(tid)
+        shown = int(tid) + 1 if str(tid).isdigit() else tid
+        status.t0 = time.monotonic()
+        status.update(total=0, label=f"tune {name}: trial {shown}{budget} ({len(started)} this session)",
+                      note=", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                     for k, v in params.items() if k in cfg.model(name).space))
+
+    with progress.Status(f"tune {name}: loading the data (and TensorFlow)", enabled=progress.enabled(args.quiet),
+                         unit="B", poll=lambda: None if started else reader()) as status:
+        out = tuning.tune(cfg, quiet=args.quiet, trial_hook=trial if status.active else None)
     print(f"wrote {out}")
     return 0
 
@@ -313,7 +336,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-finished", action="store_true",
                     help="keep the seeds whose run of this exact config already finished (default: run every "
                          "seed again; an interrupted one resumes)")
-    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress: neither the per-model lines and table nor the status line (shown on a "
+                         "terminal: data read, model k of n, Keras epochs and batches, elapsed time)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("prepare", help="validate and convert raw files to parquet + manifest.json")
@@ -329,6 +354,8 @@ def parser() -> argparse.ArgumentParser:
                     help="score-0 rows: drop (counted), keep as watched without a rating, or zero (read as "
                          "0/10, the study's choice)")
     sp.add_argument("--min-user-ratings", type=int, help="drop users with fewer rated rows (counted)")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress line (on a terminal it shows how "
+                    "much of the ratings file has been read)")
     sp.set_defaults(func=cmd_prepare)
 
     sp = sub.add_parser("synth", help="write a synthetic data set in the mal2020 raw schema")
@@ -351,6 +378,8 @@ def parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("eda", help="the data report (Markdown + figures)"))
     sp.set_defaults(func=cmd_eda)
     sp = with_config(sub.add_parser("tune", help="keras-tuner search through the harness"))
+    sp.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress: neither the per-trial lines and final table nor the status line")
     sp.set_defaults(func=cmd_tune)
 
     sp = sub.add_parser("report", help="rebuild results/tables and results/figures from the runs")

@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from research import progress
 from research import results as R
 from research.config import Config
 from research.data.load import load_dataset
@@ -208,9 +209,16 @@ def run(cfg: Config, quiet: bool = False, keep_finished: bool = False) -> list[P
     seed is run again (an unfinished one resumes)."""
     build_models(cfg, int(cfg.seeds[0]) if cfg.seeds else 0)  # config errors before any loading
     seeds = [int(s) for s in cfg.seeds]
-    data = data_id(cfg) if keep_finished else None  # the files hashed, not parsed
-    kept = {s: finished(cfg, s, data) for s in seeds} if keep_finished else {}
-    dataset = load_dataset(cfg, quiet=quiet) if not all(kept.get(s) for s in seeds) else None
+    show = progress.enabled(quiet)
+    reader = progress.file_reader(*data_roots(cfg))
+    data, kept, dataset = None, {}, None
+    if keep_finished:
+        with progress.Status("looking for finished runs", enabled=show, unit="B", poll=reader):
+            data = data_id(cfg)  # the files hashed, not parsed
+            kept = {s: finished(cfg, s, data) for s in seeds}
+    if not all(kept.get(s) for s in seeds):
+        with progress.Status("loading the data", enabled=show, unit="B", poll=reader):
+            dataset = load_dataset(cfg, quiet=quiet)
     if dataset is not None and data is not None and dataset_id(dataset) != data and any(kept.values()):
         print(f"[animerec] warning: the data changed while loading (data id {data} -> {dataset_id(dataset)}); "
               f"the kept seeds ran on the earlier files", file=sys.stderr)
@@ -225,16 +233,29 @@ def run(cfg: Config, quiet: bool = False, keep_finished: bool = False) -> list[P
     return run_dirs
 
 
+def data_roots(cfg: Config) -> list:
+    """Where the data of ``cfg`` may be read from (for ``progress.file_reader``; nothing is resolved)."""
+    from research.config import REPO_ROOT
+
+    roots = [REPO_ROOT / "data", os.environ.get("ANIMEREC_DATA", "")]
+    if cfg.data.path:
+        p = Path(os.path.expanduser(cfg.data.path))
+        roots += [p, REPO_ROOT / p] if not p.is_absolute() else [p]
+    return [r for r in roots if r]
+
+
 def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
     models = build_models(cfg, seed)
+    show = progress.enabled(quiet)
     seed_everything(seed)
-    split = make_split(dataset.interactions, cfg.split, seed)
-    data = dataset_id(dataset)
-    folder = run_folder(cfg, seed, data)
-    done = folder.open(resume=True)
-    folder.start({**cfg.to_dict(), "seed": seed}, seed, {"data_id": data, **dataset.manifest})
-    folder.write_meta(dataset.meta)
-    folder.write_seen(split.train_val())
+    with progress.Status(f"seed {seed}: splitting the data and writing the run folder", enabled=show):
+        split = make_split(dataset.interactions, cfg.split, seed)
+        data = dataset_id(dataset)
+        folder = run_folder(cfg, seed, data)
+        done = folder.open(resume=True)
+        folder.start({**cfg.to_dict(), "seed": seed}, seed, {"data_id": data, **dataset.manifest})
+        folder.write_meta(dataset.meta)
+        folder.write_seen(split.train_val())
     rows = {"train": len(split.train), "val": len(split.val), "test": len(split.test)}
     skipped: dict = {}
     if split.heldout:
@@ -245,7 +266,7 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
                       "rows": rows, "models": dict(done)}
     if split.heldout:
         folder.metrics["skipped"] = skipped
-    for spec, model in models:
+    for k, (spec, model) in enumerate(models, 1):
         if spec.name in done or spec.name in skipped:
             continue
         if split.heldout and type(model).score_history is Recommender.score_history:
@@ -254,27 +275,34 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
         model.log_dir = str(folder.file(f"logs/{spec.name}"))
         if not quiet:
             print(f"[animerec] seed {seed}: fitting {spec.name} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
-        if cfg.split.fit_on == "train+val":
-            model.fit(split.train_val(), None)
-        else:
-            model.fit(split.train, split.fit_val())
-        fit_seconds = time.perf_counter() - t0
-        try:
-            res = evaluate(model, split, k=cfg.eval.k, batch_users=cfg.eval.batch_users,
-                           relevance_threshold=cfg.eval.relevance_threshold)
-        except NotSupported as exc:
-            if not split.heldout:
-                raise
-            skipped[spec.name] = str(exc)
-            R.write_json(folder.file("metrics.json"), folder.metrics)
-            continue
-        measured = {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
-        folder.add_model(spec.name, measured, model, res)
-        from research import tb  # the (model, seed) as an HParams session, without TensorFlow
+        with progress.Status(f"seed {seed}: {spec.name} (model {k}/{len(models)})", enabled=show) as status:
+            status.update(note="fitting")
+            # Keras models: their epochs and batches on the line
+            extra = {"callbacks": [progress.keras_callback(status)]} if status.active and progress.is_keras(model) \
+                else {}
+            t0 = time.perf_counter()
+            if cfg.split.fit_on == "train+val":
+                model.fit(split.train_val(), None, **extra)
+            else:
+                model.fit(split.train, split.fit_val(), **extra)
+            fit_seconds = time.perf_counter() - t0
+            status.update(note=f"evaluating (fitted in {fit_seconds:.1f} s)")
+            try:
+                res = evaluate(model, split, k=cfg.eval.k, batch_users=cfg.eval.batch_users,
+                               relevance_threshold=cfg.eval.relevance_threshold)
+            except NotSupported as exc:
+                if not split.heldout:
+                    raise
+                skipped[spec.name] = str(exc)
+                R.write_json(folder.file("metrics.json"), folder.metrics)
+                continue
+            status.update(note="saving")
+            measured = {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
+            folder.add_model(spec.name, measured, model, res)
+            from research import tb  # the (model, seed) as an HParams session, without TensorFlow
 
-        tb.log_model_session(model.log_dir, spec, model, {"seed": seed, "experiment": cfg.experiment}, measured,
-                             session=f"{folder.path.name}/{spec.name}")
+            tb.log_model_session(model.log_dir, spec, model, {"seed": seed, "experiment": cfg.experiment},
+                                 measured, session=f"{folder.path.name}/{spec.name}")
     table = markdown_table([folder.metrics["models"]], cfg.eval.k)
     if skipped:
         table += "\nNot measured on held-out users: " + "; ".join(f"{n} ({why})" for n, why in skipped.items()) + "\n"

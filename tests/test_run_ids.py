@@ -145,7 +145,8 @@ def test_data_id_before_loading_equals_the_loaded_manifests_for_every_source(tmp
     # cooperunion, headerless with -1
     cu = tmp_path / "cu"
     cu.mkdir()
-    (cu / "rating.csv").write_text("".join(f"{u},{i},{(u + i) % 11 or -1}\n" for u in range(1, 30) for i in range(1, 15)))
+    (cu / "rating.csv").write_text("".join(f"{u},{i},{(u + i) % 11 or -1}\n" for u in range(1, 30)
+                                           for i in range(1, 15)))
     p = tmp_path / "cu.toml"
     p.write_text(f'experiment = "ids"\nresults_dir = "{tmp_path / "results"}"\n[data]\nsource = "cooperunion2017"\n'
                  f'path = "{cu}"\n{MODELS}')
@@ -208,8 +209,8 @@ def test_tuning_folders_differ_by_data(tmp_path, monkeypatch, two_folders):
     from research.tuning import tuning_dir
 
     a, b, copy = two_folders
-    cfg = _cfg(tmp_path, extra='[tune]\nmodel = "bias"\nmax_trials = 2\n[models.bias.space]\nuser_damping = {type="float", '
-                               'min=0.0, max=5.0}\n')
+    cfg = _cfg(tmp_path, extra='[tune]\nmodel = "bias"\nmax_trials = 2\n'
+                               '[models.bias.space]\nuser_damping = {type="float", min=0.0, max=5.0}\n')
     found = {}
     for name, folder in (("a", a), ("b", b), ("copy", copy)):
         monkeypatch.setenv("ANIMEREC_DATA", str(folder))
