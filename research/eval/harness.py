@@ -27,8 +27,8 @@ scored. The same metric functions and summary keys as above, with:
   ``users_without_target`` counts the part's other held-out users (e.g. a one-row user whose
   row is their history).
 - **Rating metrics**: from a fold-in rating prediction, ``model.predict_history(history, rows,
-  items)`` (ratings of history row ``rows[j]`` for anime ``items[j]``), where a model defines it;
-  no model does yet, so ``rmse`` / ``mae`` are absent for held-out users (never 0).
+  items)`` (ratings of history row ``rows[j]`` for anime ``items[j]``), where a rating model
+  defines it; for the others ``rmse`` / ``mae`` are absent for held-out users (never 0).
 - A model whose ``score_history`` raises ``NotSupported`` cannot be measured: the
   ``NotSupported`` propagates (the runner records the model as skipped, never as 0), as it does
   for a model with neither a ranking (``ranks``) nor ``predict_history``.
