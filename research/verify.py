@@ -97,8 +97,8 @@ def verify(run_dir, raw_dir, *, file: str = "", source: str = "", seed: int = 0,
     data_cfg = C.DataConfig(**{k: v for k, v in cfg.get("data", {}).items()
                                if k in C.DataConfig.__dataclass_fields__})
     source = source or data_cfg.source
-    if source not in ("mal2020", "cooperunion2017", "generic"):
-        raise ConfigError(f"verify: --source must be mal2020, cooperunion2017 or generic, got {source!r}")
+    if source not in C.RAW_SOURCES:
+        raise ConfigError(f"verify: --source must be one of {', '.join(C.RAW_SOURCES)}, got {source!r}")
     # the later file is read whole, as watched-with-or-without-score rows: no row filters here
     data_cfg = replace(data_cfg, source=source, path=str(raw_dir), ratings=file, catalogue="", synopsis="",
                        unrated="keep", max_rows=0, min_user_ratings=0, fallback_to_synth=False)
