@@ -40,10 +40,10 @@ Decisions (and why):
   ``tune.retrain_on_full`` blanked, so raising the trial budget extends the same search; the data
   id (:func:`research.experiment.data_id`) gives a search on other data its own folder.
 - **Resume**: only on the same data (a fingerprint of the split is kept in the folder; other
-  data discard the old search, with a message). The keras-tuner project (``keras_tuner/`` in the folder) is reopened with
-  ``overwrite=False``: finished trials are kept, a trial that was running when the process died is
-  re-run (keras-tuner queues it for retry on reload), and a trial that failed is re-run too (so
-  a search only ever ends with every trial completed).
+  data discard the old search, with a message). The keras-tuner project (``keras_tuner/`` in the
+  folder) is reopened with ``overwrite=False``: finished trials are kept, a trial that was running
+  when the process died is re-run (keras-tuner queues it for retry on reload), and a trial that
+  failed is re-run too (so a search only ever ends with every trial completed).
 - **Failures**: a failed trial (exception, or a non-finite objective) stops the search: tuning.json
   is written with the trial's status ``FAILED`` and its error, then the trial's own exception is
   raised (with a note naming the trial).
@@ -64,7 +64,8 @@ Decisions (and why):
   popularity) refitted the same way. When the tuned model is itself a baseline (``bias``), its
   baseline row is the default. This writes
   ``metrics.json`` (models ``NAME`` and ``NAME_tuned``), ``table.md``, and the refitted models with
-  ``meta/``/``seen.npz`` (``research.results.RunFolder``, as the runner writes them) so the folder works with ``animerec recommend --run``.
+  ``meta/``/``seen.npz`` (``research.results.RunFolder``, as the runner writes them) so the folder
+  works with ``animerec recommend --run``.
 """
 from __future__ import annotations
 
@@ -72,7 +73,6 @@ import dataclasses
 import gc
 import inspect
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -154,7 +154,8 @@ def check_space(spec: ModelSpec, oracle: str = "random") -> dict:
                     raise ConfigError(f"{where}: {typ} needs {f!r}")
                 v = entry[f]
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ == "int" and not isinstance(v, int)):
-                    raise ConfigError(f"{where}.{f}: expected {'an integer' if typ == 'int' else 'a number'}, got {v!r}")
+                    what = "an integer" if typ == "int" else "a number"
+                    raise ConfigError(f"{where}.{f}: expected {what}, got {v!r}")
             if entry["min"] >= entry["max"]:
                 raise ConfigError(f"{where}: min ({entry['min']}) must be below max ({entry['max']})")
             sampling = entry.get("sampling", "linear")
@@ -211,7 +212,8 @@ def tuning_dir(cfg: Config, seed: int, data: str | None = None) -> Path:
     # what the search depends on: data, split, eval, the tuned table and the baselines it refits
     # (not the other models a base config lists, so adding one there keeps every search)
     kept = tuple(m for m in cfg.models if m.name == spec.name or (m.name in BASELINES and m.type == m.name))
-    blank = dataclasses.replace(cfg, models=kept, tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
+    blank = dataclasses.replace(cfg, models=kept,
+                                tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
     return locate(R.runs_root(cfg.results_path) / cfg.experiment, blank, seed,
                   data_id(cfg) if data is None else data, prefix="tune-")
 

@@ -7,8 +7,8 @@ import pytest
 from research.data.interactions import build_dataset
 from research.data.splits import Split
 from research.eval.harness import evaluate
-from research.models.baselines import Bias, GlobalMean, Popularity
 from research.models.base import Recommender, top_k
+from research.models.baselines import Bias, GlobalMean, Popularity
 
 
 def _split(train, val, test, n_users=3, n_items=6):

@@ -57,7 +57,7 @@ def truth(default_dir) -> dict:
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     a = synth.generate(tmp_path / "a", seed=7, **SMALL)
     b = synth.generate(tmp_path / "b", seed=7, **SMALL)
-    c = synth.generate(tmp_path / "c", seed=8, **SMALL)
+    synth.generate(tmp_path / "c", seed=8, **SMALL)
     assert a["rows"] == b["rows"]
     for name in synth.FILES:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -349,7 +349,7 @@ def test_later_snapshot_ids_overlap_and_new_anime(later_pair):
     assert same.equals(a0.set_index("MAL_ID")[keep])
     assert a1["Name"].is_unique and sorted(a1["Popularity"].astype(int)) == list(range(1, len(a1) + 1))
     # the later lists rate new anime, and new users' ids are not the first set's
-    r0, r1 = pd.read_csv(first / "rating_complete.csv"), pd.read_csv(later / "rating_complete.csv")
+    r1 = pd.read_csv(later / "rating_complete.csv")
     assert r1["anime_id"].isin(new).any() and r1["anime_id"].isin(ids0).any()
     t0, t1 = synth.load_truth(first), synth.load_truth(later)
     returning = t1["first_user_index"] >= 0

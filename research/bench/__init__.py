@@ -2,16 +2,19 @@
 ``results/bench/<name>.json`` (``--quick``: ``results/bench/quick/``) and the Markdown summary
 ``SUMMARY.md`` beside it.
 
-| name | measures | module |
-| --- | --- | --- |
-| ``peers`` | every model vs Surprise / implicit on the real sample, same split, 3 seeds | ``bench.peers`` |
-| ``time_to_accuracy`` | embedding_dot's wall time to reach Surprise SVD's test RMSE / SVD's fit time | ``bench.peers`` |
-| ``throughput`` | Keras training examples per second at 1M / 10M ratings | ``bench.throughput`` |
-| ``neighbors`` | item-kNN all-item top-20 at MAL size: seconds, peak RSS; vs a naive pandas loop | ``bench.neighbors`` |
-| ``fullsize`` | ``prepare`` + one embedding_dot epoch at 1M / 10M / 57M rows: seconds, peak RSS | ``bench.fullsize`` |
-| ``serving`` | top-10 latency per user (p50, p99): brute force and faiss | ``bench.serving`` |
-| ``autoencoders`` | ease / multvae fit time, training and scoring users/s, peak RSS: sample, 5k, 310k x 17.5k synthetic | ``bench.autoencoders`` |
-| ``rating_models`` | embedding_dot / svdpp / autorec / blend fit time, training rows/s, predict rows/s, peak RSS: sample, 5k | ``bench.rating_models`` |
+| name | measures |
+| --- | --- |
+| ``peers`` | every model vs Surprise / implicit on the real sample, same split, 3 seeds |
+| ``time_to_accuracy`` | embedding_dot's wall time to reach Surprise SVD's test RMSE / SVD's fit time |
+| ``throughput`` | Keras training examples per second at 1M / 10M ratings |
+| ``neighbors`` | item-kNN all-item top-20 at MAL size: seconds, peak RSS; vs a naive pandas loop |
+| ``fullsize`` | ``prepare`` + one embedding_dot epoch at 1M / 10M / 57M rows: seconds, peak RSS |
+| ``serving`` | top-10 latency per user (p50, p99): brute force and faiss |
+| ``autoencoders`` | ease / multvae fit time, training / scoring users/s, peak RSS: sample, 5k, 310k x 17.5k synthetic |
+| ``rating_models`` | embedding_dot / svdpp / autorec / blend fit time, train / predict rows/s, peak RSS: sample, 5k |
+
+Each is ``research.bench.<name>``, but ``time_to_accuracy`` (in ``bench.peers``) and ``throughput``
+(``run_throughput`` below, over ``bench.throughput``'s functions).
 
 A measurement that fails is a note in the result (the others are still measured); a benchmark
 none of whose measurements ran has ``status: failed``. ``animerec bench`` with no name runs the

@@ -1,9 +1,10 @@
 """``fullsize``: ``prepare`` and one training epoch of ``embedding_dot`` as rows grow to MAL's size.
 
 For each size (full: 1M, 10M, 57M — ``animerec bench fullsize``, about an hour on 2 cores;
-quick: 100k, 300k; any others with ``run(sizes=[...])``) a synthetic ``rating_complete.csv``-shaped file is written (``user_id,anime_id,rating``,
-CRLF, users grouped as in the real file, ~184 ratings per user, long-tailed anime popularity; into
-``results/bench/tmp/``, gitignored), then, each in a fresh subprocess with its own peak RSS:
+quick: 100k, 300k; any others with ``run(sizes=[...])``) a synthetic ``rating_complete.csv``-shaped
+file is written (``user_id,anime_id,rating``, CRLF, users grouped as in the real file, ~184 ratings
+per user, long-tailed anime popularity; into ``results/bench/tmp/``, gitignored), then, each in a
+fresh subprocess with its own peak RSS:
 
 1. ``research.data.prepare.prepare("mal2020", raw, out, chunk_rows=1M)``: CSV -> parquet shards;
 2. one epoch of ``embedding_dot`` streamed from those shards (``research.data.tfdata.ParquetStream``,
@@ -137,7 +138,8 @@ def run(quick: bool = False, sizes=None) -> dict:
         csv = raw / "rating_complete.csv"
         step = {"rows": rows}
         if not csv.exists():
-            step["write_csv"] = in_subprocess("research.bench.fullsize:write_ratings_csv", path=str(csv), rows=rows)["result"]
+            step["write_csv"] = in_subprocess("research.bench.fullsize:write_ratings_csv", path=str(csv),
+                                              rows=rows)["result"]
         step["csv_mb"] = csv.stat().st_size / 2**20
         for name, target, kw in (("prepare", "research.bench.fullsize:run_prepare", {"raw": str(raw), "out": str(out)}),
                                  ("epoch", "research.bench.fullsize:run_epoch", {"processed": str(out)})):

@@ -124,7 +124,8 @@ def summarize(per_seed: dict, specs: dict, k: int = 10) -> dict:
                         "params": spec.params, "per_seed": seeds,
                         "mean": {key: mean_std([m.get(key) for m in seeds.values()]) for key in keys
                                  if all(isinstance(m.get(key), (int, float)) for m in seeds.values())}}
-    rmse_peers = [n for n, m in models.items() if m["kind"] == "peer" and m["mean"].get("rmse", {}).get("mean") is not None]
+    rmse_peers = [n for n, m in models.items()
+                  if m["kind"] == "peer" and m["mean"].get("rmse", {}).get("mean") is not None]
     best_peer = min(rmse_peers, key=lambda n: models[n]["mean"]["rmse"]["mean"]) if rmse_peers else None
     ndcg_peer = next((n for n, m in models.items() if m["type"] == NDCG_PEER), None)
     for name, m in models.items():
@@ -270,7 +271,8 @@ def markdown_time_to_accuracy(res: dict) -> str:
     for c in res.get("cases", []):
         e = c["embedding_dot"]
         reached = e.get("reached")
-        rows.append([c["data"], f"{c['train_rows']:,}", f"{c['svd']['test_rmse']:.4f}", f"{c['svd']['fit_seconds']:.1f}",
+        rows.append([c["data"], f"{c['train_rows']:,}", f"{c['svd']['test_rmse']:.4f}",
+                     f"{c['svd']['fit_seconds']:.1f}",
                      f"{reached['seconds']:.1f} (epoch {reached['epoch']})" if reached else
                      f"not reached in {len(e['curve'])} epochs (best {e['best_test_rmse']:.4f})",
                      f"{c['time_ratio_vs_svd_fit']:.2f}" if reached else None,

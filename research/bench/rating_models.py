@@ -34,9 +34,8 @@ QUICK_PARAMS = {"embedding_dot": {"epochs": 3}, "svdpp": {"epochs": 3}, "autorec
 
 def _quick_data() -> dict:
     """A small synthetic world (written once under results/bench/tmp) as a data spec."""
-    from research.data import synth
-
     from research.bench.neighbors import tmp_dir
+    from research.data import synth
 
     d = tmp_dir() / "rating_models_quick"
     if not (d / "DONE").exists():

@@ -171,7 +171,7 @@ def in_subprocess(target: str, timeout: float | None = None, **kwargs) -> dict:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     total = time.perf_counter() - t0
-    line = next((l for l in reversed(proc.stdout.splitlines()) if l.startswith("__BENCH__")), None)
+    line = next((ln for ln in reversed(proc.stdout.splitlines()) if ln.startswith("__BENCH__")), None)
     if proc.returncode != 0 or line is None:
         tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
         raise RuntimeError(f"{target} failed in a subprocess (exit {proc.returncode}):\n{tail}")

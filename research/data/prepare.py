@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from research.errors import ConfigError, DataError, ResourceError
 from research.data import sources
 from research.data import validate as V
+from research.errors import ConfigError, DataError, ResourceError
 
 MAX_BUCKETS = 512  # open files at once; above this buckets grow beyond chunk_rows rows
 PROCESSED_BYTES_PER_ROW = 40  # peak per row of load_processed: 27 B/row measured (8M rows, 1M-row shards)

@@ -605,7 +605,8 @@ def read_catalogue(path: Path, kind: str, delimiter: str = ",", id_names: tuple 
     return table, stats
 
 
-_COLUMN_ORDER = ("name", "english_name", "japanese_name", "genres", "type", "studios", "source", "episodes", "score", "members", "synopsis")
+_COLUMN_ORDER = ("name", "english_name", "japanese_name", "genres", "type", "studios", "source", "episodes", "score",
+                 "members", "synopsis")
 
 
 def read_item_table(plan: Plan) -> tuple[pd.DataFrame | None, dict]:

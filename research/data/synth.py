@@ -75,7 +75,8 @@ import numpy as np
 import pandas as pd
 
 from research.errors import ConfigError
-from research.seeding import child_seed, rng as child_rng
+from research.seeding import child_seed
+from research.seeding import rng as child_rng
 
 # ---------------------------------------------------------------------------------------------
 # Fixed vocabularies (taken from the real mal2020 files)
@@ -156,8 +157,10 @@ ENGLISH_WORDS = (
     "Ghost Knight Princess Hero Demon Shadow Fire Water Dragon Tiger Cat Dog Pirate Detective "
     "Soldier Tale Miracle Future Galaxy Summer Winter Spring Autumn Academy Chronicles Saga"
 ).split()
-KATAKANA = list("アイウエオカキクケコサシスセソタチツテトナニヌネノハヒフヘホマミムメモヤユヨラリルレロワン")
-KANJI = list("星空風夢心光翼魔法戦記学園物語伝説君僕世界愛花月夜朝海森神鬼剣魂忍恋夏冬春秋奇跡未来影炎水竜虎猫犬勇者王女姫騎士")
+KATAKANA = list("アイウエオカキクケコサシスセソタチツテトナニヌネノ"
+                "ハヒフヘホマミムメモヤユヨラリルレロワン")
+KANJI = list("星空風夢心光翼魔法戦記学園物語伝説君僕世界愛花月夜朝海森神鬼剣魂"
+             "忍恋夏冬春秋奇跡未来影炎水竜虎猫犬勇者王女姫騎士")
 
 STUDIOS = ("Toei Animation", "Sunrise", "J.C.Staff", "Madhouse", "Production I.G", "TMS Entertainment",
            "Studio Deen", "Pierrot", "OLM", "A-1 Pictures", "Shin-Ei Animation", "Tatsunoko Production",

@@ -238,7 +238,8 @@ def _read_csv(path: Path, data: bytes) -> list[ListRow]:
     seen: dict[str, int] = {}
     for i, n in enumerate(names):
         if n and n in seen:
-            raise DataError(path, f"the header names column {header[i].strip()!r} twice", line=1, column=header[i].strip())
+            name = header[i].strip()
+            raise DataError(path, f"the header names column {name!r} twice", line=1, column=name)
         seen[n] = i
 
     def col(options):

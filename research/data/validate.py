@@ -13,8 +13,9 @@ Decisions recorded here so both paths apply them the same way:
   MAL list); the others are dropped under reason ``duplicate``.
 * The order of the row filters is: ``truncated_last_line`` -> ``duplicate`` -> ``plan_to_watch``
   -> ``unrated`` -> ``min_user_ratings``. Unscored plan-to-watch rows (animelist status 6) are
-  never interactions (nobody watched anything), so they are dropped even with ``unrated = "keep"``. A row is counted under the first reason that drops it, so
-  ``rows_read == rows_kept + sum(rows_dropped)`` always.
+  never interactions (nobody watched anything), so they are dropped even with ``unrated = "keep"``.
+  A row is counted under the first reason that drops it, so ``rows_read == rows_kept +
+  sum(rows_dropped)`` always.
 * Ratings of anime that are not in the catalogue are **kept and counted** under
   ``rows_flagged["unknown_anime"]`` (not dropped): the rating is real user behaviour, the 2020
   catalogue is simply older or smaller than the lists; collaborative models need no side features,
@@ -40,7 +41,6 @@ import csv
 import hashlib
 import math
 import re
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
