@@ -39,7 +39,7 @@ def save(fig, path: Path) -> Path:
 
 # ---- leaderboard -----------------------------------------------------------------------------
 
-def leaderboard(exp, cells: dict, out: Path, metrics=("ndcg@{k}", "rmse")) -> Path | None:
+def leaderboard(exp, cells: dict, out: Path, metrics=("ndcg@{k}", "rmse"), mark: str = "†") -> Path | None:
     """Bar chart of mean ± std over seeds per model for each of ``metrics`` (one panel each).
 
     Args:
@@ -47,9 +47,8 @@ def leaderboard(exp, cells: dict, out: Path, metrics=("ndcg@{k}", "rmse")) -> Pa
         cells: ``research.report.aggregate(exp)[1]``.
         out: the PNG path.
         metrics: metric names (``{k}`` is filled in); panels with no model are left out.
+        mark: the table's significance mark (``research.report.MARK``), put after worse models.
     """
-    from research.report import MARK
-
     panels = []
     for m in metrics:
         m = m.format(k=exp.k)
@@ -68,14 +67,14 @@ def leaderboard(exp, cells: dict, out: Path, metrics=("ndcg@{k}", "rmse")) -> Pa
         colors = ["#1f77b4" if c.best else ("#bbbbbb" if c.significant else "#7fa7cf") for _, c in rows]
         y = np.arange(len(rows))[::-1]
         ax.barh(y, means, xerr=stds, color=colors, capsize=3)
-        ax.set_yticks(y, [n + (f" {MARK}" if c.significant else "") for n, c in rows])
+        ax.set_yticks(y, [n + (f" {mark}" if c.significant else "") for n, c in rows])
         lower = not metric(m).higher_is_better
         ax.set_xlabel(f"{m} ({'lower' if lower else 'higher'} is better)")
         if lower:
             lo = float(np.min(means - stds))
             ax.set_xlim(max(0.0, lo - 0.1 * abs(lo)), float(np.max(means + stds)) * 1.02)
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{exp.name}: mean ± std over {len(exp.runs)} seed(s); dark = best, {MARK} = significantly worse")
+    fig.suptitle(f"{exp.name}: mean ± std over {len(exp.runs)} seed(s); dark = best, {mark} = significantly worse")
     return save(fig, out)
 
 
@@ -252,13 +251,11 @@ def long_tail(per_user: np.ndarray, per_item: np.ndarray, out: Path, title: str 
     return save(fig, out)
 
 
-def experiment_figures(exp, out_dir: Path) -> list[Path]:
-    """The figures of one experiment for ``animerec report``: leaderboard and loss curves."""
-    from research.report import aggregate
-
-    _, cells, _ = aggregate(exp)
+def experiment_figures(exp, cells: dict, out_dir: Path, mark: str = "†") -> list[Path]:
+    """The figures of one experiment for ``animerec report``: leaderboard and loss curves.
+    ``cells``: ``research.report.aggregate(exp)[1]`` (passed in: figures never import the report)."""
     written = []
-    p = leaderboard(exp, cells, Path(out_dir) / f"{exp.name}_leaderboard.png")
+    p = leaderboard(exp, cells, Path(out_dir) / f"{exp.name}_leaderboard.png", mark=mark)
     if p:
         written.append(p)
     p = loss_curves(exp, Path(out_dir) / f"{exp.name}_loss_curves.png")

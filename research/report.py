@@ -41,9 +41,12 @@ import numpy as np
 
 from research.eval.metrics import METRICS
 
-# Column order of every table; a column appears when at least one model has it.
-COLUMNS = ("rmse", "mae", "precision@{k}", "recall@{k}", "ndcg@{k}", "map@{k}", "hit_rate@{k}",
-           "coverage@{k}", "novelty@{k}", "wcss", "silhouette", "n_clusters", "fit_seconds")
+# Column order of every table (METRICS' order; n_clusters, a count reported beside K-means' wcss
+# and silhouette, is not a metric); a column appears when at least one model has it.
+COLUMNS = tuple(m.name + ("@{k}" if m.at_k else "") for m in METRICS.values() if m.name != "fit_seconds") \
+    + ("n_clusters", "fit_seconds")
+#: Metrics over rated target rows (tested on per-rating errors).
+PER_RATING = {m.name for m in METRICS.values() if m.unit == "rating"}
 LOWER_IS_BETTER = {m.name for m in METRICS.values() if not m.higher_is_better}
 #: Quality metrics: the best model is bolded and the others tested against it.
 QUALITY = tuple(m.name + ("@{k}" if m.at_k else "") for m in METRICS.values() if m.quality)
@@ -339,7 +342,7 @@ def aggregate(exp: Experiment) -> tuple[list[str], dict, dict]:
             if c in per_user:
                 pair = _paired_per_user(exp, per_user[c], best, n)
                 how = "per-user values paired by (seed, user)"
-            elif c in ("rmse", "mae"):
+            elif c in PER_RATING:
                 pair = _paired_per_rating(exp, c, best, n)
                 how = "per-rating errors paired by (seed, user, item)"
                 if pair is None:
@@ -352,7 +355,7 @@ def aggregate(exp: Experiment) -> tuple[list[str], dict, dict]:
                 pvals[n] = wilcoxon_p(*pair)
         if how is None or not pvals:
             notes[c] = ("not tested: per-rating errors not saved and fewer than "
-                        f"{MIN_SEEDS_PER_SEED_TEST} seeds" if c in ("rmse", "mae") else "not tested")
+                        f"{MIN_SEEDS_PER_SEED_TEST} seeds" if c in PER_RATING else "not tested")
             continue
         notes[c] = how
         for n, p in holm(pvals).items():
@@ -460,7 +463,7 @@ def build(experiment: str | None = None, results_dir: Path | None = None,
         if figures:
             from research import figures as F
 
-            written += F.experiment_figures(exp, results_dir / "figures")
+            written += F.experiment_figures(exp, aggregate(exp)[1], results_dir / "figures", mark=MARK)
     return written
 
 
