@@ -53,11 +53,17 @@ import numpy as np
 import scipy.sparse as sp
 
 from research.data.interactions import Interactions
+from research.models import _kernels
+from research.models._csr import interactions_csr
 from research.models.base import History, NotSupported, Recommender, Stateful, top_k
 from research.models.baselines import Bias
 
 SIMILARITIES = ("adjusted_cosine", "pearson", "baseline", "cosine", "binary")
 HISTORIES = ("binary", "centred")
+#: the triangle path keeps the half of the similarity matrix it has computed but not yet used, at
+#: most n_active² bytes (a quarter of the n² float32 entries, at the middle block); above this it
+#: computes whole rows with scipy instead (user-kNN at 310k users: all-pairs is out of reach anyway)
+TRIANGLE_MAX_BYTES = 2 * 2**30
 
 
 # ---- the shared sparse machinery ----------------------------------------------------------
@@ -88,12 +94,14 @@ class SimilarityRows(Stateful):
         values: CSR (n x f) of centred values; its structure is the "rated" pattern.
         shrinkage: ``s * n_common / (n_common + shrinkage)``; 0 disables it (and the co-count
             product, which costs as much as the similarity product itself).
+        own: ``values`` is the caller's to give away (never used again): its arrays may be
+            kept instead of copied.
     """
 
     #: saved: ``a`` and its row data; its transpose and pattern are rebuilt on load
     transient = ("at", "p", "pt")
 
-    def __init__(self, values: sp.csr_matrix, shrinkage: float = 0.0):
+    def __init__(self, values: sp.csr_matrix, shrinkage: float = 0.0, *, own: bool = False):
         values = values.tocsr()
         self.n = values.shape[0]
         # Rows with no stored value (anime nobody rated, users with only unrated rows) have
@@ -102,8 +110,17 @@ class SimilarityRows(Stateful):
         self.active = np.flatnonzero(np.diff(values.indptr) > 0)
         self.position = np.full(self.n, -1, dtype=np.int64)
         self.position[self.active] = np.arange(len(self.active))
-        self.a = values[self.active].astype(np.float32).tocsr()
+        if own and values.dtype == np.float32 and values.has_canonical_format:
+            # ``values`` is ours (``own``): dropping its empty rows is a new indptr over the same
+            # data and indices (the rows in order, as ``values[active]`` would copy them)
+            ptr = values.indptr
+            self.a = sp.csr_matrix((values.data[:values.nnz], values.indices[:values.nnz],
+                                    np.r_[ptr[self.active], ptr[-1]].astype(ptr.dtype)),
+                                   shape=(len(self.active), values.shape[1]))
+        else:
+            self.a = values[self.active].astype(np.float32).tocsr()
         self.a.sort_indices()
+        # (numpy's pairwise sums of the squares: a compiled sequential sum differs in the last bit)
         sq = np.asarray(self.a.multiply(self.a).sum(axis=1)).ravel()
         self.norms = np.sqrt(sq).astype(np.float32)
         self.shrinkage = float(shrinkage)
@@ -111,14 +128,22 @@ class SimilarityRows(Stateful):
 
     def after_load(self) -> None:
         self.at = self.a.T.tocsr()
-        if self.shrinkage > 0:
+        self.at.sort_indices()
+        # the "rated" pattern and its transpose (for the co-count product of the scipy path) are
+        # built on first use: the fit's triangle path counts co-ratings without them
+        self.__dict__.pop("p", None)
+        self.__dict__.pop("pt", None)
+
+    def _patterns(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        if getattr(self, "p", None) is None:
             self.p = _with_data(self.a, np.ones(self.a.nnz))
             self.pt = self.p.T.tocsr()
+        return self.p, self.pt
 
     def _compact_rows(self, rows) -> np.ndarray:
         """Dense (len(rows), n_active) similarities of compact rows to every active row."""
         return self._similarities(self.a[rows], self.norms[rows],
-                                  self.p[rows] if self.shrinkage > 0 else None)
+                                  self._patterns()[0][rows] if self.shrinkage > 0 else None)
 
     def query(self, values: sp.csr_matrix) -> np.ndarray:
         """Dense (m, n_active) similarities of new rows (m x features, centred as the fitted rows
@@ -137,9 +162,14 @@ class SimilarityRows(Stateful):
         num *= inv_r[:, None]
         num *= inv_c[None, :]
         if self.shrinkage > 0:
-            cnt = (p_rows @ self.pt).toarray()
+            cnt = (p_rows @ self._patterns()[1]).toarray()
             num *= cnt / (cnt + np.float32(self.shrinkage))
         return num
+
+    def _inverse_norms(self) -> np.ndarray:
+        """1 / norm (0 for a zero norm) in float32, as ``_similarities`` scales rows and columns."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.norms > 0, 1.0 / self.norms, 0.0).astype(np.float32)
 
     def rows(self, rows: np.ndarray) -> np.ndarray:
         """Dense (len(rows), n) float32 similarities of ``rows`` to every row (self included)."""
@@ -151,9 +181,105 @@ class SimilarityRows(Stateful):
             out[np.ix_(ok, self.active)] = self._compact_rows(pos[ok])
         return out
 
-    def top_k(self, k: int, block_mb: float = 64.0, n_jobs: int = 1) -> sp.csr_matrix:
+    def top_k(self, k: int, block_mb: float = 64.0, n_jobs: int = 1, method: str = "auto") -> sp.csr_matrix:
         """The (n x n) similarity matrix pruned to each row's ``k`` largest positive entries
-        (never the row itself), computed and pruned block by block."""
+        (never the row itself), computed and pruned block by block.
+
+        ``method``: "triangle" (compiled loops over one triangle with the co-count fused in, see
+        ``_top_k_triangle``; needs numba), "products" (scipy sparse products of whole row blocks,
+        values and co-counts separately), or "auto" (triangle when numba is there and the kept
+        half fits ``TRIANGLE_MAX_BYTES``). Both give the same matrix, bit for bit."""
+        if method not in ("auto", "triangle", "products"):
+            raise ValueError(f"method must be auto, triangle or products, not {method!r}")
+        m = len(self.active)
+        if method == "auto":
+            method = "triangle" if _kernels.AVAILABLE and m * m <= TRIANGLE_MAX_BYTES else "products"
+        if method == "triangle":
+            if not _kernels.AVAILABLE:
+                raise ValueError("method 'triangle' needs numba (pip install numba)")
+            return self._top_k_triangle(k, block_mb, n_jobs)
+        return self._top_k_products(k, block_mb, n_jobs)
+
+    def _assemble(self, parts: list) -> sp.csr_matrix:
+        """The (n x n) CSR from the pruned blocks of compact rows, in row order."""
+        counts = np.zeros(self.n, dtype=np.int64)
+        if parts:
+            counts[self.active] = np.concatenate([p[0] for p in parts])
+            indices = self.active[np.concatenate([p[1] for p in parts])].astype(np.int32)
+            data = np.concatenate([p[2] for p in parts])
+        else:
+            indices, data = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        # active rows are in increasing order, so compact row order = full row order, and the
+        # mapped column indices stay sorted within each row
+        return sp.csr_matrix((data, indices, indptr), shape=(self.n, self.n))
+
+    def _top_k_triangle(self, k: int, block_mb: float, n_jobs: int) -> sp.csr_matrix:
+        """``top_k`` from one triangle of the symmetric product.
+
+        Blocks of rows (at most ``block_mb`` for the dense block and its left part) are taken
+        from the last to the first. For block J = [a, b), ``_kernels.knn_rows`` accumulates, for
+        each row i, the products and co-counts with every j < i in one pass over the users of i
+        (no sparse result is built), and writes both orientations of each value: row i's into the
+        block, row j's either into the block (j in J) or into ``low`` (j < a), which is cut into
+        one tile per earlier block and kept until that block is assembled. The block's columns
+        >= b are the tiles the later blocks (processed before) left for it. Each value is the
+        float32 sequence of the "products" path (same summation order, same scaling order), so the
+        dense rows are identical and ``_prune`` keeps the same neighbours. The kept tiles are at
+        most a quarter of the n² matrix (n_active² bytes), at the middle block.
+        """
+        m = len(self.active)
+        k = int(min(k, max(m - 1, 0)))
+        if m == 0:
+            return self._assemble([])
+        step = _block_rows(m, block_mb)
+        starts = list(range(0, m, step))
+        bounds = [(a, min(a + step, m)) for a in starts]
+        inv = self._inverse_norms()
+        a_csr, x_csr = self.a, self.at
+        jobs = max(1, int(n_jobs))
+        tiles: dict = {}
+        parts: dict = {}
+        pool = ThreadPoolExecutor(jobs) if jobs > 1 else None
+        try:
+            for bj in range(len(bounds) - 1, -1, -1):
+                a, b = bounds[bj]
+                cur = np.zeros((b - a, m), dtype=np.float32)
+                low = np.empty((b - a, a), dtype=np.float32)
+                # rows in small chunks so that threads share the uneven work (row i has i columns)
+                chunk = max(1, (b - a) // (8 * jobs))
+                tasks = [(r, min(r + chunk, b)) for r in range(a, b, chunk)]
+
+                def run(t, a=a, cur=cur, low=low):
+                    _kernels.knn_rows(a_csr, x_csr, inv, self.shrinkage, t[0], t[1], a, cur, low)
+
+                if pool is not None:
+                    list(pool.map(run, tasks))
+                else:
+                    for t in tasks:
+                        run(t)
+                for bi in range(bj):  # the tiles row block bi will read as its columns [a, b)
+                    ia, ib = bounds[bi]
+                    tiles[(bj, bi)] = low[:, ia:ib].copy()
+                del low
+                for bi in range(bj + 1, len(bounds)):
+                    ia, ib = bounds[bi]
+                    cur[:, ia:ib] = tiles.pop((bi, bj)).T
+                cur[np.arange(b - a), np.arange(a, b)] = -np.inf  # never one's own neighbour
+                if pool is not None and b - a > 1:
+                    cuts = np.linspace(0, b - a, min(jobs, b - a) + 1).astype(int)
+                    pieces = list(pool.map(lambda c: _prune(cur[c[0]:c[1]], k), zip(cuts[:-1], cuts[1:])))
+                    parts[bj] = tuple(np.concatenate([p[n] for p in pieces]) for n in range(3))
+                else:
+                    parts[bj] = _prune(cur, k)
+                del cur
+        finally:
+            if pool is not None:
+                pool.shutdown()
+        return self._assemble([parts[bj] for bj in range(len(bounds))])
+
+    def _top_k_products(self, k: int, block_mb: float = 64.0, n_jobs: int = 1) -> sp.csr_matrix:
+        """``top_k`` by scipy sparse products of whole row blocks (values, then co-counts)."""
         m = len(self.active)
         k = int(min(k, max(m - 1, 0)))
         step = _block_rows(m, block_mb)
@@ -170,17 +296,7 @@ class SimilarityRows(Stateful):
                 parts = list(pool.map(block, starts))
         else:
             parts = [block(a) for a in starts]
-        counts = np.zeros(self.n, dtype=np.int64)
-        if parts:
-            counts[self.active] = np.concatenate([p[0] for p in parts])
-            indices = self.active[np.concatenate([p[1] for p in parts])].astype(np.int32)
-            data = np.concatenate([p[2] for p in parts])
-        else:
-            indices, data = np.zeros(0, np.int32), np.zeros(0, np.float32)
-        indptr = np.r_[0, np.cumsum(counts)].astype(np.int64)
-        # active rows are in increasing order, so compact row order = full row order, and the
-        # mapped column indices stay sorted within each row
-        return sp.csr_matrix((data, indices, indptr), shape=(self.n, self.n))
+        return self._assemble(parts)
 
     def query_top_k(self, values: sp.csr_matrix, k: int, exclude: np.ndarray | None = None) -> sp.csr_matrix:
         """(m x n) similarities of new rows to every row, pruned as ``top_k`` prunes a fitted
@@ -235,6 +351,8 @@ class _KNN(Recommender):
     _rows_are_items: bool = True
     #: derived from the saved ``sim_`` and ``resid`` on load
     transient = ("sim_abs_", "rated_pattern")
+    #: users per chunk of the residual computation (its float64 temporaries: ~8 MB at MAL's mean)
+    _residual_chunk = 1 << 15
 
     def __init__(self, k: int = 40, similarity: str = "adjusted_cosine", shrinkage: float = 100.0,
                  history: str = "binary", pred_damping: float = 0.0, user_damping: float = 5.0,
@@ -261,16 +379,24 @@ class _KNN(Recommender):
         self.meta = train.meta
         self.baseline = Bias(user_damping=self.user_damping, item_damping=self.item_damping,
                              seed=self.seed).fit(train)
-        rated = train.to_csr("rating")  # users x items, rated rows only
-        self.ones = train.to_csr("ones")  # every interaction, rated or not
-        u = np.repeat(np.arange(rated.shape[0]), np.diff(rated.indptr))
-        base = self._baseline_raw(u, rated.indices)
+        rated = interactions_csr(train, "rating")  # users x items, rated rows only (= train.to_csr)
+        self.ones = interactions_csr(train, "ones")  # every interaction, rated or not
         # baseline residuals: the deviations that predictions average, and the "centred" history
-        self.resid = _with_data(rated, rated.data - base)
-        self.rated_pattern = _with_data(rated, np.ones(rated.nnz))
-        values = self._centred(rated, u, base)
-        rows = values if not self._rows_are_items else values.T.tocsr()
-        self.sim_rows_ = SimilarityRows(rows, self.shrinkage)
+        self.resid = self._residuals(rated)
+        self.rated_pattern = _with_data(rated, np.ones(rated.nnz, dtype=np.float32))
+        # the compared matrix may share its arrays with rated / ones / resid (never modified);
+        # each temporary is dropped as soon as it is used: at the full MAL size (57M ratings)
+        # one copy of the ratings is ~0.5 GB
+        values = self._centred(rated)
+        del rated
+        if self._rows_are_items:
+            rows = values.T.tocsr()  # a new matrix: SimilarityRows may keep its arrays
+            del values
+            self.sim_rows_ = SimilarityRows(rows, self.shrinkage, own=True)
+            del rows
+        else:
+            self.sim_rows_ = SimilarityRows(values, self.shrinkage)
+            del values
         self.sim_ = self.sim_rows_.top_k(self.k, self.block_mb, self.n_jobs)
         self.sim_abs_ = abs(self.sim_)
         return self
@@ -284,18 +410,33 @@ class _KNN(Recommender):
         b = self.baseline
         return b.mu + b.bu[users] + b.bi[items]
 
-    def _centred(self, rated: sp.csr_matrix, u: np.ndarray, base: np.ndarray) -> sp.csr_matrix:
-        """The users x items matrix whose rows/columns are compared (see the module table)."""
+    def _residuals(self, rated: sp.csr_matrix) -> sp.csr_matrix:
+        """``rated`` minus the unclipped baseline μ + b_u + b_i (float64, stored as float32), by
+        chunks of users so that no float64 copy of all the ratings is alive at once."""
+        out = np.empty(rated.nnz, dtype=np.float32)
+        indptr = rated.indptr
+        step = self._residual_chunk
+        for s in range(0, rated.shape[0], step):
+            e = min(s + step, rated.shape[0])
+            p0, p1 = int(indptr[s]), int(indptr[e])
+            u = np.repeat(np.arange(s, e), np.diff(indptr[s:e + 1]))
+            out[p0:p1] = rated.data[p0:p1] - self._baseline_raw(u, rated.indices[p0:p1])
+        return _with_data(rated, out)
+
+    def _centred(self, rated: sp.csr_matrix) -> sp.csr_matrix:
+        """The users x items matrix whose rows/columns are compared (see the module table). It
+        may be ``rated``, ``self.ones`` or ``self.resid`` itself: the caller copies before any
+        change."""
         s = self.similarity
         if s == "binary":
-            return self.ones.copy()
+            return self.ones
         if s == "cosine":
-            return rated.copy()
+            return rated
         if s == "baseline":
-            return self.resid.copy()
+            return self.resid
         user_side = (s == "adjusted_cosine") == self._rows_are_items  # centre by the user mean?
         if user_side:
-            return _with_data(rated, rated.data - row_means(rated)[u])
+            return _with_data(rated, rated.data - np.repeat(row_means(rated), np.diff(rated.indptr)))
         item_mean = row_means(rated.T.tocsr())
         return _with_data(rated, rated.data - item_mean[rated.indices])
 
@@ -426,7 +567,7 @@ class UserKNN(_KNN):
     def fit(self, train, val=None) -> "UserKNN":
         super().fit(train, val)
         # the item means the "adjusted_cosine" centring subtracts, kept for fold-in
-        self.item_mean_ = row_means(train.to_csr("rating").T.tocsr())
+        self.item_mean_ = row_means(interactions_csr(train, "rating").T.tocsr())
         self._transposes()
         return self
 
