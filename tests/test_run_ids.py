@@ -14,7 +14,7 @@ import pytest
 from research import config
 from research.data import prepare
 from research.data.load import load_dataset
-from research.experiment import (_legacy_config_hash, data_id, dataset_id, finished, run, run_folder, run_id)
+from research.experiment import _legacy_config_hash, data_id, dataset_id, finished, run, run_folder, run_id
 
 MODELS = "[models.global_mean]\n[models.bias]\n[models.popularity]\n"
 
