@@ -87,6 +87,17 @@ deep part takes nothing from EASE's residual on either set (EASE's scores of its
 rows are optimistic, so the residual the VAE is fitted to is not the one it meets on held-out
 anime). Kept for that measurement and off by default.
 
+**RecVAE's pieces** (Shenbin, Alekseev, Tutubalina, Malykh, Nikolenko, WSDM 2020; off by default):
+``encoder = "dense"``: each of the ``hidden`` layers (equal widths) is LayerNorm(ε 0.1) of
+swish(W_j h_{j-1} + h_1 + ... + h_{j-1}), every layer fed the sum of all earlier outputs;
+``decoder = "linear"``: z straight to the logits; ``prior = "composite"``: the KL term is the
+one-sample estimate Σ_j [log q(z_j|x) − log p(z_j)] against p = 3/20 N(0, 1) + 3/4 q_old(z|x) +
+1/10 N(0, e^10), q_old a frozen copy of the encoder refreshed at the first step of every epoch
+(``refresh_old_encoder``, keyed on the step counter, so a resumed fit refreshes where an
+uninterrupted one would); ``kl_gamma`` = γ > 0: user u's KL weight is γ · |x_u| (the bag's total
+weight) instead of the annealed β. RecVAE's alternating encoder / decoder updates are not
+implemented (the paper's ablation credits most of its gain to the prior and the encoder).
+
 ``user_vectors()``: μ of the encoder for every user (on the scoring history). ``item_vectors()``:
 the rows of the decoder's output kernel (n_items x last hidden width); anime with no training
 interaction get zero vectors (their rows only ever received the softmax's push-down gradient, so
@@ -112,6 +123,9 @@ VARIANTS = ("vae", "dae")
 WEIGHTINGS = ("binary", "rating")
 CATALOGUES = ("trained", "all")
 WIDES = ("none", "ease")
+ENCODERS = ("mlp", "dense")
+DECODERS = ("mlp", "linear")
+PRIORS = ("normal", "composite")
 _DAE_WEIGHT_DECAY = 0.01  # the paper's lambda for Mult-DAE
 
 
@@ -131,6 +145,26 @@ def gaussian_kl(mu, logvar):
     return tf.reduce_sum(0.5 * (-logvar + tf.exp(logvar) + tf.square(mu) - 1.0), axis=-1)
 
 
+_LOG_2PI = math.log(2.0 * math.pi)
+#: RecVAE's composite prior: weights of N(0, I), the old posterior, and the wide N(0, e^10 I)
+COMPOSITE_WEIGHTS = (3 / 20, 3 / 4, 1 / 10)
+
+
+def gaussian_log_pdf(z, mu, logvar):
+    """Elementwise log N(z; μ, exp(log σ²))."""
+    return -0.5 * (logvar + _LOG_2PI + tf.square(z - mu) / tf.exp(logvar))
+
+
+def composite_log_prior(z, old_mu, old_logvar):
+    """Elementwise log of RecVAE's prior: Σ_k w_k N(z; μ_k, σ_k²) over N(0, 1), the old encoder's
+    posterior N(old μ, old σ²), and N(0, e^10) (Shenbin et al., WSDM 2020)."""
+    zeros = tf.zeros_like(z)
+    parts = [gaussian_log_pdf(z, zeros, zeros), gaussian_log_pdf(z, old_mu, old_logvar),
+             gaussian_log_pdf(z, zeros, zeros + 10.0)]
+    parts = [p + math.log(w) for p, w in zip(parts, COMPOSITE_WEIGHTS)]
+    return tf.reduce_logsumexp(tf.stack(parts, axis=-1), axis=-1)
+
+
 def beta_schedule(step, beta_cap: float, anneal_steps: int):
     """β after ``step`` gradient steps: beta_cap · min(1, step / anneal_steps) (anneal_steps 0: cap)."""
     step = tf.cast(step, tf.float32)
@@ -142,7 +176,8 @@ def beta_schedule(step, beta_cap: float, anneal_steps: int):
 class _MultVAEModel(TFRSModel):
     def __init__(self, n_items, out_items, hidden, latent, variant, dropout, weight_decay, beta_cap,
                  anneal_steps, train_hist, score_hist, candidates, val_k, noise_seed, linear_l2=None,
-                 wide=None, wide_trainable=False, wide_scale=1.0):
+                 wide=None, wide_trainable=False, wide_scale=1.0, encoder="mlp", decoder="mlp",
+                 prior="normal", kl_gamma=0.0, steps_per_epoch=1):
         super().__init__()
         self.n_items = int(n_items)  # the catalogue
         self.n_out = len(out_items)  # the modelled anime (input and softmax), indexed 0..n_out-1
@@ -158,14 +193,29 @@ class _MultVAEModel(TFRSModel):
         reg = tf.keras.regularizers.L2(weight_decay) if weight_decay else None
         dense = lambda n, act, name: tf.keras.layers.Dense(  # noqa: E731
             n, activation=act, kernel_regularizer=reg, name=name)
-        self.encoder = [dense(h, "tanh", f"encoder_{j}") for j, h in enumerate(hidden)]
-        if variant == "vae":
-            self.bottleneck = dense(2 * latent, None, "mu_logvar")
-        else:
-            self.bottleneck = dense(latent, "tanh", "bottleneck")
-        self.decoder = [dense(h, "tanh", f"decoder_{j}") for j, h in enumerate(reversed(hidden))]
+        self.encoder_kind, self.decoder_kind, self.prior = encoder, decoder, prior
+        self.kl_gamma = float(kl_gamma)
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
+        self.encoder, self.norms, self.bottleneck = self._encoder_layers(dense, hidden, latent, variant, "")
+        if decoder == "mlp":
+            self.decoder = [dense(h, "tanh", f"decoder_{j}") for j, h in enumerate(reversed(hidden))]
+        else:  # RecVAE's: z straight to the logits
+            self.decoder = []
         self.logits_layer = dense(self.n_out, None, "logits")
         self.latent = int(latent)
+        self.old_encoder = None
+        if prior == "composite":  # RecVAE: a frozen copy of the encoder, refreshed every epoch
+            self.old_encoder = self._encoder_layers(dense, hidden, latent, variant, "old_")
+            for layers, norms, bottleneck in ((self.encoder, self.norms, self.bottleneck), self.old_encoder):
+                width = self.n_out  # built now, so that the copy has variables to copy into
+                for j, layer in enumerate(layers):
+                    layer.build((None, width))
+                    width = layer.units
+                    if norms:
+                        norms[j].build((None, width))
+                bottleneck.build((None, width))
+            for layer in self.old_encoder[0] + self.old_encoder[1] + [self.old_encoder[2]]:
+                layer.trainable = False
         # the full-rank item-item skip (``linear_l2`` not None): logits += x B, diag(B) = 0
         self.linear_kernel = None
         if linear_l2 is not None:
@@ -193,6 +243,23 @@ class _MultVAEModel(TFRSModel):
         self.kl_tracker = tf.keras.metrics.Mean(name="kl")
         self.nll_tracker = tf.keras.metrics.Mean(name="nll")
         self.ndcg = tf.keras.metrics.Mean(name=f"ndcg_at_{val_k}")
+
+    def _encoder_layers(self, dense, hidden, latent, variant, prefix):
+        """(dense layers, layer norms, bottleneck) of an encoder: "mlp" (the paper's tanh MLP, no
+        norms) or "dense" (RecVAE's: swish, each layer fed the sum of every earlier layer's output,
+        LayerNorm with epsilon 0.1)."""
+        if self.encoder_kind == "mlp":
+            layers = [dense(h, "tanh", f"{prefix}encoder_{j}") for j, h in enumerate(hidden)]
+            norms = []
+        else:
+            layers = [dense(h, None, f"{prefix}encoder_{j}") for j, h in enumerate(hidden)]
+            norms = [tf.keras.layers.LayerNormalization(epsilon=0.1, name=f"{prefix}norm_{j}")
+                     for j in range(len(hidden))]
+        if variant == "vae":
+            bottleneck = dense(2 * latent, None, f"{prefix}mu_logvar")
+        else:
+            bottleneck = dense(latent, "tanh", f"{prefix}bottleneck")
+        return layers, norms, bottleneck
 
     # ---- pieces --------------------------------------------------------------------------
     def bag_rows(self, users, which: str = "train"):
@@ -242,16 +309,25 @@ class _MultVAEModel(TFRSModel):
         """exp(log scale) · x B of the wide part (B's diagonal is 0 in the EASE solution)."""
         return tf.exp(self.wide_log_scale) * tf.sparse.sparse_dense_matmul(x_sparse, self.wide_kernel)
 
-    def encode(self, x, noise_key=None):
+    def encode(self, x, noise_key=None, old: bool = False):
         """(μ, log σ²) of the dense bag ``x`` (log σ² None for the DAE): L2-normalised per row, then
-        input dropout keyed on ``noise_key`` ((2,) int64; None at inference)."""
+        input dropout keyed on ``noise_key`` ((2,) int64; None at inference). ``old``: the frozen
+        copy of the encoder (the composite prior's)."""
         h = tf.math.l2_normalize(x, axis=1)
         keep = self._keep(h, noise_key)
         if keep is not None:
             h = tf.where(keep, h / (1.0 - self.dropout), tf.zeros_like(h))
-        for layer in self.encoder:
-            h = layer(h)
-        h = self.bottleneck(h)
+        layers, norms, bottleneck = (self.encoder, self.norms, self.bottleneck) if not old else self.old_encoder
+        if self.encoder_kind == "mlp":
+            for layer in layers:
+                h = layer(h)
+        else:  # h_j = LN(swish(W_j h_{j-1} + h_1 + ... + h_{j-1}))
+            outs = []
+            for layer, norm in zip(layers, norms):
+                pre = layer(h) + tf.add_n(outs) if outs else layer(h)
+                h = norm(tf.nn.silu(pre))
+                outs.append(h)
+        h = bottleneck(h)
         if self.variant == "vae":
             return h[:, :self.latent], h[:, self.latent:]
         return h, None
@@ -299,14 +375,22 @@ class _MultVAEModel(TFRSModel):
         x = self.dense_batch(users, "train")
         k_drop, k_eps = self._keys(step) if training else (None, None)
         mu, logvar = self.encode(x, k_drop)
+        kl_user = None
         if self.variant == "vae":
             z = mu
             if training:
                 eps = tf.random.stateless_normal(tf.shape(mu), seed=k_eps)
                 z = mu + tf.exp(0.5 * logvar) * eps
-            kl = tf.reduce_mean(gaussian_kl(mu, logvar))
+            if self.prior == "composite":  # one-sample estimate of KL(q || composite prior)
+                old_mu, old_logvar = self.encode(x, None, old=True)
+                kl_user = tf.reduce_sum(gaussian_log_pdf(z, mu, logvar)
+                                        - composite_log_prior(z, old_mu, old_logvar), axis=-1)
+            else:
+                kl_user = gaussian_kl(mu, logvar)
+            kl = tf.reduce_mean(kl_user)
         else:
             z, kl = mu, tf.constant(0.0)
+        self._kl_user = kl_user  # per user, for the γ · |x_u| weighting of train_step
         logits = self.decode(z)
         if self.linear_kernel is not None:
             logits = logits + self.skip_logits(x, k_drop)
@@ -320,19 +404,42 @@ class _MultVAEModel(TFRSModel):
             return tf.constant(0.0)
         return beta_schedule(step, self.beta_cap, self.anneal_steps)
 
+    def kl_term(self, users, step, kl):
+        """(the KL part of the loss, the β reported): β(t) · mean KL, or with ``kl_gamma`` > 0
+        RecVAE's mean over users of γ · |x_u| · KL_u (|x_u|: the bag's total weight)."""
+        if self.variant != "vae" or self.kl_gamma <= 0:
+            beta = self.beta(step)
+            return beta * kl, beta
+        weight = self.kl_gamma * tf.reduce_sum(self.dense_batch(users, "train"), axis=1)
+        return tf.reduce_mean(weight * self._kl_user), tf.reduce_mean(weight)
+
+    def refresh_old_encoder(self):
+        """Copy the encoder into the composite prior's frozen copy."""
+        cur = [v for layer in self.encoder + self.norms + [self.bottleneck] for v in layer.weights]
+        old = [v for layer in self.old_encoder[0] + self.old_encoder[1] + [self.old_encoder[2]]
+               for v in layer.weights]
+        for o, c in zip(old, cur):
+            o.assign(c)
+
+    def _refreshed(self):
+        self.refresh_old_encoder()
+        return tf.constant(True)
+
     def compute_loss(self, inputs, training=False):
         step = self.optimizer.iterations
         nll, kl = self.losses_of(inputs["user"], step, training)
-        return nll + self.beta(step) * kl
+        return nll + self.kl_term(inputs["user"], step, kl)[0]
 
     def train_step(self, inputs):
         users = inputs["user"]
         step = self.optimizer.iterations  # gradient steps so far (restored by BackupAndRestore)
-        beta = self.beta(step)
+        if self.old_encoder is not None:  # at each epoch's first step (a resumed fit does the same)
+            tf.cond(tf.equal(step % self.steps_per_epoch, 0), self._refreshed, lambda: tf.constant(False))
         with tf.GradientTape() as tape:
             nll, kl = self.losses_of(users, step, training=True)
+            kl_part, beta = self.kl_term(users, step, kl)
             reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
-            total = nll + beta * kl + reg
+            total = nll + kl_part + reg
         grads = tape.gradient(total, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         n = tf.cast(tf.shape(users)[0], tf.float32)
@@ -380,6 +487,11 @@ class MultVAE(KerasRecommender):
         wide_lam, wide_weighting: that EASE's λ and weighting ("binary" / "rating").
         wide_trainable: fine-tune the EASE kernel with the VAE instead of keeping it fixed.
         wide_scale: the starting value of the wide part's trained scale.
+        encoder: "mlp" (the paper's tanh MLP) or "dense" (RecVAE's densely connected swish /
+            LayerNorm encoder; equal widths in ``hidden``).
+        decoder: "mlp" (the encoder mirrored) or "linear" (RecVAE's: z -> logits).
+        prior: "normal" (N(0, I), the KL in closed form) or "composite" (RecVAE's).
+        kl_gamma: > 0: the KL weight of user u is kl_gamma · |x_u| (RecVAE), not the annealed β.
         epochs, batch_size, learning_rate, patience, ...: see ``KerasRecommender``.
     """
 
@@ -397,6 +509,7 @@ class MultVAE(KerasRecommender):
                  fold_in: bool = True, val_k: int = 10, val_users: int = 2000, linear: bool = False,
                  linear_l2: float = 1e-4, wide: str = "none", wide_lam: float = 300.0,
                  wide_weighting: str = "binary", wide_trainable: bool = False, wide_scale: float = 1.0,
+                 encoder: str = "mlp", decoder: str = "mlp", prior: str = "normal", kl_gamma: float = 0.0,
                  seed: int = 0, **train):
         super().__init__(seed=seed, **train)
         hidden = [hidden] if isinstance(hidden, (int, np.integer)) else list(hidden)
@@ -422,6 +535,16 @@ class MultVAE(KerasRecommender):
             raise ConfigError(f"multvae: wide_weighting must be one of {WEIGHTINGS}, got {wide_weighting!r}")
         if not float(wide_lam) > 0 or not float(wide_scale) > 0:
             raise ConfigError(f"multvae: wide_lam and wide_scale must be > 0, got {wide_lam}, {wide_scale}")
+        if encoder not in ENCODERS or decoder not in DECODERS or prior not in PRIORS:
+            raise ConfigError(f"multvae: encoder must be one of {ENCODERS}, decoder one of {DECODERS}, "
+                              f"prior one of {PRIORS}; got {encoder!r}, {decoder!r}, {prior!r}")
+        if encoder == "dense" and len({int(h) for h in hidden}) != 1:
+            raise ConfigError(f"multvae: encoder = 'dense' sums its layers' outputs: every width in hidden "
+                              f"must be the same, got {hidden}")
+        if (prior == "composite" or float(kl_gamma) > 0) and variant != "vae":
+            raise ConfigError("multvae: prior = 'composite' and kl_gamma > 0 need variant = 'vae' (a KL term)")
+        if float(kl_gamma) < 0:
+            raise ConfigError(f"multvae: kl_gamma must be >= 0, got {kl_gamma}")
         self.monitor = f"val_ndcg_at_{int(val_k)}"
         self.hidden = [int(h) for h in hidden]
         self.latent = int(latent)
@@ -438,6 +561,8 @@ class MultVAE(KerasRecommender):
         self.linear, self.linear_l2 = bool(linear), float(linear_l2)
         self.wide, self.wide_lam, self.wide_weighting = wide, float(wide_lam), wide_weighting
         self.wide_trainable, self.wide_scale = bool(wide_trainable), float(wide_scale)
+        self.encoder, self.decoder, self.prior = encoder, decoder, prior
+        self.kl_gamma = float(kl_gamma)
         self._fit_val = None
         self._wide_init = None  # the EASE matrix between prepare() and build_model() (not saved twice)
 
@@ -526,7 +651,9 @@ class MultVAE(KerasRecommender):
             st["trained_items"], self.val_k, child_seed(self.seed, "multvae_noise"),
             linear_l2=self.linear_l2 if self.linear else None,
             wide=(self._wide_init if self._wide_init is not None else True) if self.wide == "ease" else None,
-            wide_trainable=self.wide_trainable, wide_scale=self.wide_scale)
+            wide_trainable=self.wide_trainable, wide_scale=self.wide_scale, encoder=self.encoder,
+            decoder=self.decoder, prior=self.prior, kl_gamma=self.kl_gamma,
+            steps_per_epoch=st.get("steps_per_epoch", 1))
 
     def after_fit(self) -> None:
         self._wide_init = None  # now a weight of the model
