@@ -180,12 +180,13 @@ class EASE(Recommender):
             return g
         xt = x.T.tocsr()  # items x users
         xt.sort_indices()
+        pos = _kernels.positions(xt, x.shape[0])  # each (item, user) in the user's row of x
         jobs = self._jobs()
         chunk = max(1, min(64, n // (16 * jobs) or 1))
         tasks = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
 
         def run(t):
-            _kernels.gram_rows(xt, x, t[0], t[1], g)
+            _kernels.gram_rows(xt, x, pos, t[0], t[1], g)
 
         if jobs > 1 and len(tasks) > 1:
             with ThreadPoolExecutor(jobs) as pool:
@@ -193,7 +194,7 @@ class EASE(Recommender):
         else:
             for t in tasks:
                 run(t)
-        del xt
+        del xt, pos
         g[np.diag_indices(n)] += np.float32(self.lam)
         return g
 

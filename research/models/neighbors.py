@@ -237,6 +237,7 @@ class SimilarityRows(Stateful):
         bounds = [(a, min(a + step, m)) for a in starts]
         inv = self._inverse_norms()
         a_csr, x_csr = self.a, self.at
+        pos = _kernels.positions(a_csr, x_csr.shape[0])  # each (row, feature) in the feature's row
         jobs = max(1, int(n_jobs))
         tiles: dict = {}
         parts: dict = {}
@@ -251,7 +252,7 @@ class SimilarityRows(Stateful):
                 tasks = [(r, min(r + chunk, b)) for r in range(a, b, chunk)]
 
                 def run(t, a=a, cur=cur, low=low):
-                    _kernels.knn_rows(a_csr, x_csr, inv, self.shrinkage, t[0], t[1], a, cur, low)
+                    _kernels.knn_rows(a_csr, x_csr, pos, inv, self.shrinkage, t[0], t[1], a, cur, low)
 
                 if pool is not None:
                     list(pool.map(run, tasks))
