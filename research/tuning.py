@@ -619,9 +619,10 @@ def data_fingerprint(split) -> str:
 
 
 def _check_data(out: Path, split, quiet: bool) -> None:
-    """Resume only a search made on the same data: the folder's name depends on the config, not on
-    the data, and a changed data file (or loader) would mix trials scored on different data. On a
-    mismatch the old search is discarded (with a message) and the search starts afresh."""
+    """Resume only a search made on the same data: the folder's name covers the config and the
+    files read (``experiment.data_id``), but not the loader's code or the split, so a changed loader
+    or split would still mix trials scored on different data; this fingerprint of the split itself
+    catches that. On a mismatch the old search is discarded (with a message) and starts afresh."""
     import shutil
 
     fp = data_fingerprint(split)
