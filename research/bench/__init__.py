@@ -12,6 +12,8 @@
 | ``serving`` | top-10 latency per user (p50, p99): brute force and faiss |
 | ``autoencoders`` | ease / multvae fit time, training / scoring users/s, peak RSS: sample, 5k, 310k x 17.5k synthetic |
 | ``rating_models`` | embedding_dot / svdpp / autorec / blend fit time, train / predict rows/s, peak RSS: sample, 5k |
+| ``distributed`` | embedding_dot ex/s: no strategy, 1 and 2 local workers (overhead here), gradient bytes per step |
+| ``fullsize_models`` | classical models, implicit ALS, Surprise SVD on a 57M-row synthetic: fit s, peak RSS |
 
 Each is ``research.bench.<name>``, but ``time_to_accuracy`` (in ``bench.peers``) and ``throughput``
 (``run_throughput`` below, over ``bench.throughput``'s functions).
@@ -42,6 +44,8 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "serving": ("research.bench.serving", "run", "markdown"),
     "autoencoders": ("research.bench.autoencoders", "run", "markdown"),
     "rating_models": ("research.bench.rating_models", "run", "markdown"),
+    "distributed": ("research.bench.distributed", "run", "markdown"),
+    "fullsize_models": ("research.bench.fullsize_models", "run", "markdown"),
 }
 DEFAULT = ("peers", "time_to_accuracy", "throughput", "neighbors", "serving")
 

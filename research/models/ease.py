@@ -71,10 +71,10 @@ import scipy.sparse as sp
 from scipy.linalg import lapack
 
 from research.data.interactions import Interactions
-from research.models import _kernels
-from research.models._csr import interactions_csr
 from research.data.sources import available_memory, human_bytes
 from research.errors import ConfigError, ResourceError
+from research.models import _kernels
+from research.models._csr import interactions_csr
 from research.models.base import History, NotSupported, Recommender, top_k
 
 WEIGHTINGS = ("binary", "rating")
@@ -185,7 +185,7 @@ class EASE(Recommender):
         chunk = max(1, min(64, n // (16 * jobs) or 1))
         tasks = [(a, min(a + chunk, n)) for a in range(0, n, chunk)]
 
-        def run(t):
+        def run(t, xt=xt, pos=pos):
             _kernels.gram_rows(xt, x, pos, t[0], t[1], g)
 
         if jobs > 1 and len(tasks) > 1:

@@ -269,7 +269,7 @@ class SimilarityRows(Stateful):
                 cur[np.arange(b - a), np.arange(a, b)] = -np.inf  # never one's own neighbour
                 if pool is not None and b - a > 1:
                     cuts = np.linspace(0, b - a, min(jobs, b - a) + 1).astype(int)
-                    pieces = list(pool.map(lambda c: _prune(cur[c[0]:c[1]], k), zip(cuts[:-1], cuts[1:])))
+                    pieces = list(pool.map(lambda c, cur=cur: _prune(cur[c[0]:c[1]], k), zip(cuts[:-1], cuts[1:])))
                     parts[bj] = tuple(np.concatenate([p[n] for p in pieces]) for n in range(3))
                 else:
                     parts[bj] = _prune(cur, k)
