@@ -16,9 +16,21 @@ def _config(args):
 
 
 def cmd_run(args) -> int:
+    import os
+
+    from research import distributed
     from research.experiment import run
 
-    run(_config(args), quiet=args.quiet, keep_finished=args.keep_finished)
+    if args.workers:
+        if os.environ.get("TF_CONFIG"):
+            raise ConfigError("--workers starts its own local cluster: unset TF_CONFIG, or drop --workers")
+        _config(args)  # a wrong config fails here, once, not in every worker
+        return distributed.launch(distributed.run_argv(args), args.workers)
+    cfg = _config(args)
+    if distributed.enabled():  # a worker of a tf.distribute cluster (docs/DISTRIBUTED.md)
+        cfg = distributed.as_worker(cfg)
+    quiet = args.quiet or not distributed.is_chief()
+    run(cfg, quiet=quiet, keep_finished=args.keep_finished)
     return 0
 
 
@@ -339,6 +351,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("-q", "--quiet", action="store_true",
                     help="no progress: neither the per-model lines and table nor the status line (shown on a "
                          "terminal: data read, model k of n, Keras epochs and batches, elapsed time)")
+    sp.add_argument("--workers", type=_positive_int, metavar="N",
+                    help="train the Keras models with N local worker processes on 127.0.0.1 "
+                         "(tf.distribute.MultiWorkerMirroredStrategy; worker 0 writes the run folder; "
+                         "see docs/DISTRIBUTED.md); on a cluster, run without it and set TF_CONFIG per host")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("prepare", help="validate and convert raw files to parquet + manifest.json")

@@ -17,6 +17,12 @@ if not os.environ.get("ANIMEREC_DATA") and _default.is_dir():
 SHARED = Path(os.environ["ANIMEREC_DATA"]) if os.environ.get("ANIMEREC_DATA") else None
 
 
+def pytest_configure(config):
+    # here rather than in setup.cfg's list, beside which it reads the same
+    config.addinivalue_line("markers", "distributed: multi-worker training on loopback worker processes "
+                            "(tf.distribute; about 1-2 minutes on 2 cores)")
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """The real data folder; the test is skipped (never faked) when it is absent."""

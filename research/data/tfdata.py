@@ -14,6 +14,10 @@ reshuffles. Keras recreates the iterator every epoch; ``pipeline.callback()`` se
 Keras' own epoch number in ``on_epoch_begin`` so that a fit resumed by ``BackupAndRestore`` at epoch
 ``e`` sees exactly the order an uninterrupted fit would have seen at epoch ``e``.
 
+Multi-worker training (``tf.distribute``, see ``research.distributed``): ``distributed_dataset``
+gives each worker its replicas' slices of every global batch of the same order (``replica_dataset``),
+so the global batch and the examples of each step are those of a one-worker fit.
+
 TensorFlow is imported inside the functions: importing this module costs nothing.
 
 Typical use::
@@ -100,6 +104,7 @@ class InMemoryPipeline:
         self.prefetch = prefetch
         self._epoch_var = None
         self._ds = None
+        self._shards: dict = {}
 
     # ---- epoch state ---------------------------------------------------------------------
     @property
@@ -145,10 +150,53 @@ class InMemoryPipeline:
 
     def dataset(self):
         """The ``tf.data.Dataset`` of dict batches (one object; iterate it once per epoch)."""
+        if self._ds is None:
+            self._ds = self._make()
+        return self._ds
+
+    def replica_dataset(self, first: int, count: int, replicas: int, continuous: bool = False):
+        """The batches of replicas ``first .. first + count - 1`` of ``replicas``: for every batch of
+        ``dataset()`` (same order, same epochs), ``count`` consecutive elements, replica r's being
+        rows ``[r * b // replicas, (r + 1) * b // replicas)`` of that batch (b its size). Together
+        the replicas' slices of step t are exactly batch t; a slice may be empty when a (last)
+        batch has fewer rows than there are replicas.
+
+        ``continuous``: one iteration runs epoch after epoch without end, from the pipeline's epoch
+        when the iteration starts (what a distributed dataset needs: Keras keeps one iterator over
+        all epochs of a fit, taking ``steps_per_epoch`` steps an epoch)."""
+        if not (replicas >= 1 and 0 <= first and count >= 1 and first + count <= replicas):
+            raise ValueError(f"replicas {first}..{first + count - 1} of {replicas}")
+        if continuous and not self.shuffle:
+            raise ValueError("continuous needs shuffle=True (an epoch-numbered order)")
+        key = (int(first), int(count), int(replicas), bool(continuous))
+        if key not in self._shards:
+            self._shards[key] = self._make(key[:3], continuous)
+        return self._shards[key]
+
+    def distributed_dataset(self, strategy):
+        """``dataset()`` split for ``strategy`` (``tf.distribute``): each worker's input pipeline
+        computes the same global order and keeps only its replicas' slices of every batch
+        (``replica_dataset``), so the global batch stays ``batch_size`` and step t's examples
+        are those of ``dataset()``'s batch t on one worker.
+
+        A shuffled pipeline's distributed dataset is continuous (see ``replica_dataset``): it starts
+        at ``self.epoch`` when Keras starts iterating, so set the epoch before (``set_epoch``: the
+        first epoch of the fit, e.g. a resumed one's) and give Keras ``steps_per_epoch``. An
+        unshuffled one (validation) yields one pass per iteration."""
         import tensorflow as tf
 
-        if self._ds is not None:
-            return self._ds
+        self._ensure_var()  # made outside the dataset function: a plain (not mirrored) variable
+
+        def per_worker(ctx: tf.distribute.InputContext):
+            local = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+            return self.replica_dataset(ctx.input_pipeline_id * local, local, ctx.num_replicas_in_sync,
+                                        continuous=self.shuffle)
+
+        return strategy.distribute_datasets_from_function(per_worker)
+
+    def _make(self, split: tuple | None = None, continuous: bool = False):
+        import tensorflow as tf
+
         # tensors are made once ("cache"); each iteration only permutes, gathers and slices them
         cols = {k: tf.constant(v) for k, v in self.features.items()}
         b, n = self.batch_size, self.n
@@ -161,25 +209,47 @@ class InMemoryPipeline:
             ds = tf.data.Dataset.from_tensor_slices(full)
             if rest:
                 ds = ds.concatenate(tf.data.Dataset.from_tensors({k: v[n_full * b:] for k, v in cols_epoch.items()}))
+            if split is not None:
+                ds = ds.flat_map(replica_slices)
             return ds
+
+        def replica_slices(batch):
+            first, count, replicas = split
+            size = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
+
+            def piece(j):
+                r = first + j
+                lo, hi = r * size // replicas, (r + 1) * size // replicas
+                return {k: v[lo:hi] for k, v in batch.items()}
+
+            return tf.data.Dataset.range(count).map(piece)
+
+        def rows_of(epoch):
+            perm = self._perm(epoch)
+            return {k: tf.gather(v, perm) for k, v in cols.items()}
 
         if self.shuffle:
             self._ensure_var()
             var = self._epoch_var
+            if continuous:
+                # the start epoch is read once per iteration; then epochs follow without end
+                ds = (tf.data.Dataset.from_tensors(0).map(lambda _: var.read_value())
+                      .flat_map(lambda e0: tf.data.Dataset.range(e0, tf.int64.max))
+                      .flat_map(lambda e: batches(rows_of(e))))
+            else:
+                def epoch_rows(_):
+                    # read-and-increment once per iteration; Keras' callback overrides it per epoch
+                    epoch = var.assign_add(1) - 1
+                    return rows_of(epoch)
 
-            def epoch_rows(_):
-                # read-and-increment once per iteration; Keras' callback overrides it per epoch
-                epoch = var.assign_add(1) - 1
-                perm = self._perm(epoch)
-                return {k: tf.gather(v, perm) for k, v in cols.items()}
-
-            ds = tf.data.Dataset.from_tensors(0).map(epoch_rows).flat_map(batches)
+                ds = tf.data.Dataset.from_tensors(0).map(epoch_rows).flat_map(batches)
         else:
             ds = batches(cols)
-        ds = ds.apply(tf.data.experimental.assert_cardinality(self.steps_per_epoch))
+        if not continuous:
+            per_batch = 1 if split is None else split[1]
+            ds = ds.apply(tf.data.experimental.assert_cardinality(self.steps_per_epoch * per_batch))
         if self.prefetch != 0:
             ds = ds.prefetch(tf.data.AUTOTUNE if self.prefetch is None else self.prefetch)
-        self._ds = ds
         return ds
 
 

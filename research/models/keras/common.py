@@ -40,9 +40,19 @@ Logging and checkpoints (only when folders are set):
   where an uninterrupted fit would (same data order: the pipeline's order is a function of
   ``(seed, epoch)``). The folder is emptied when a fit completes, and wiped if it holds the state of
   a different configuration.
+
+Multi-worker (only when ``TF_CONFIG`` is set; see ``research.distributed`` and docs/DISTRIBUTED.md):
+``fit`` builds and compiles the model under ``MultiWorkerMirroredStrategy``'s scope, feeds each worker
+its slices of the same global batches (``InMemoryPipeline.distributed_dataset``),
+``TFRSModel.train_step`` weights each replica's mean loss by its share of the global batch (the
+summed gradient is the one-worker gradient of that batch), and each worker keeps its own
+checkpoints (``_WorkerBackupAndRestore``; a non-chief's ``log_dir`` is its scratch folder). Models
+that are not right under the strategy raise ``ConfigError`` naming why (``distributed.MULTI_WORKER``).
+Without ``TF_CONFIG`` none of this runs and the fit is the same as before.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
@@ -90,17 +100,36 @@ class TFRSModel(tfrs.Model):
 
     def _step_logs(self, loss, reg, inputs):
         n = self._batch_size(inputs)
+        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
+            loss = tf.where(n > 0, loss, tf.zeros_like(loss))  # an empty replica batch (weight 0)
         self.loss_tracker.update_state(loss + reg, sample_weight=n)
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, inputs):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             loss = self.compute_loss(inputs, training=True)
             reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
-            total = loss + reg
+            if replicas > 1:
+                total = self._replica_objective(loss, reg, inputs, replicas)
+            else:
+                total = loss + reg
         grads = tape.gradient(total, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         return self._step_logs(loss, reg, inputs)
+
+    def _replica_objective(self, loss, reg, inputs, replicas):
+        """Under a tf.distribute strategy with ``replicas`` replicas, the part of the global batch's
+        objective this replica differentiates: the optimizer sums the replicas' gradients, so the
+        per-example-mean ``loss`` of this replica's n rows is weighted by n / N (N: the rows of the
+        global batch, all-reduced) and the layer penalties, counted once per step, by 1 / replicas.
+        The sum over replicas is the one-worker objective of the same global batch. A replica with
+        no rows this step (a last batch smaller than the replica count) contributes nothing."""
+        n = self._batch_size(inputs)
+        total_n = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, n)
+        share = tf.math.divide_no_nan(n, total_n)
+        loss = tf.where(n > 0, loss, tf.zeros_like(loss))  # an empty batch's mean is NaN
+        return share * loss + reg / float(replicas)
 
     def test_step(self, inputs):
         loss = self.compute_loss(inputs, training=False)
@@ -228,6 +257,71 @@ class _EarlyStopping(tf.keras.callbacks.Callback):
             self.model.set_weights(self.best_weights)
 
 
+class _WorkerBackupAndRestore(tf.keras.callbacks.BackupAndRestore):
+    """``BackupAndRestore`` whose backups are this worker's own, on every worker of a multi-worker fit.
+
+    Keras' callback saves only on the chief; the other workers write to a temporary folder that is
+    deleted right away, and all restore from the one folder (a file system every host shares).
+    Here each worker's ``backup_dir`` is its own (the chief's in the run folder, the others' in
+    their scratch folders, see ``research.distributed``), so each saves where it restores from: the
+    replicas hold the same weights, so each worker's copy is the model, and no shared file system
+    is needed."""
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        state = self._training_state
+        state.write_checkpoint_manager = state.read_checkpoint_manager
+
+
+class _StartEpoch(tf.keras.callbacks.Callback):
+    """The first epoch of a multi-worker fit: 0, or the one after the epoch this worker's backup
+    holds (Keras' own rule for ``save_freq="epoch"``). At train begin (after ``BackupAndRestore``
+    restored) it sets the pipeline's epoch, which the continuous distributed dataset starts from,
+    and checks that every worker starts at the same epoch: otherwise their steps would not pair up,
+    and a worker would wait for ever on a collective the others never start (no heartbeat fails).
+    One all-gather of a number per fit."""
+
+    def __init__(self, strategy, pipeline):
+        super().__init__()
+        self.strategy, self.pipeline = strategy, pipeline
+
+    def on_train_begin(self, logs=None):
+        state = getattr(self.model, "_training_state", None)
+        saved = int(state._ckpt_saved_epoch.numpy()) if state is not None else -1
+        start = saved + 1 if saved >= 0 else 0
+        self.pipeline.set_epoch(start)
+        s = self.strategy
+
+        def mine():
+            return tf.constant([start], tf.int64)
+
+        @tf.function(autograph=False)
+        def gather():
+            return s.gather(s.run(mine), axis=0)
+
+        starts = gather().numpy()
+        lo, hi = int(starts.min()), int(starts.max())
+        if lo != hi:
+            from research import distributed
+
+            kind, index = distributed.task()
+            raise ConfigError(f"the workers resume at different epochs ({lo + 1} to {hi + 1}; "
+                              f"{kind} {index} at {start + 1}): their checkpoint folders hold different states; "
+                              f"delete them (the run folder's ckpt/ and {distributed.scratch_root().parent}) "
+                              f"to start over")
+
+
+def _allow_batch_means(model: tf.keras.Model) -> None:
+    """Let the Keras losses inside ``model`` (e.g. a TFRS task's) average over the batch under a
+    strategy, as ``compile()`` lets its own: Keras refuses it outside the built-in loss because the
+    mean would then be over a replica's batch only. ``TFRSModel.train_step`` weights that mean by
+    the replica's share of the global batch (``_replica_objective``), which makes it right."""
+    for layer in model._flatten_layers(include_self=True):
+        for value in vars(layer).values():
+            if isinstance(value, tf.keras.losses.Loss):
+                value._allow_sum_over_batch_size = True
+
+
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
@@ -322,8 +416,14 @@ class KerasRecommender(Recommender):
         return out
 
     def resolved_checkpoint_dir(self) -> Path | None:
-        """Where resumable checkpoints go: ``checkpoint_dir``, else ``<log_dir>/../ckpt/<name>``."""
+        """Where resumable checkpoints go: ``checkpoint_dir``, else ``<log_dir>/../ckpt/<name>``
+        (a multi-worker fit's non-chief workers: a private folder standing for ``checkpoint_dir``;
+        their ``log_dir`` is already theirs)."""
         if self.checkpoint_dir:
+            if os.environ.get("TF_CONFIG"):
+                from research import distributed
+
+                return distributed.private_dir(self.checkpoint_dir)
             return Path(self.checkpoint_dir)
         if self.log_dir:
             log = Path(self.log_dir)
@@ -331,6 +431,16 @@ class KerasRecommender(Recommender):
         return None
 
     # ---- fitting -------------------------------------------------------------------------
+    def _strategy(self):
+        """The ``tf.distribute`` strategy to train under: None without ``TF_CONFIG``; else
+        ``research.distributed.strategy()``, once this model is known to train correctly under it."""
+        if not os.environ.get("TF_CONFIG"):
+            return None
+        from research import distributed
+
+        distributed.check_supported(self)
+        return distributed.strategy()
+
     def _compile(self) -> None:
         self.model = self.build_model()
         self.model.compile(optimizer=self.make_optimizer(), jit_compile=self.jit_compile)
@@ -352,22 +462,41 @@ class KerasRecommender(Recommender):
         t0 = time.perf_counter()
         epochs = self.epochs if epochs is None else int(epochs)
         stop_early = self.early_stopping if early_stopping is None else bool(early_stopping)
+        strategy = self._strategy()  # None unless TF_CONFIG is set (research.distributed)
+        if strategy is not None:  # every worker at this same fit, or a clear error (not a hang)
+            from research import distributed
+
+            distributed.agree("model fit", json.dumps(
+                {"class": _class_path(type(self)), "config": self.get_config(), "rows": len(train),
+                 "val_rows": len(val) if val is not None else 0, "epochs": epochs}, default=_json_default))
         seed_everything(self.seed, tensorflow=True)
         self.meta = train.meta
         self.fit_state = dict(self.prepare(train) or {})
-        self._compile()
+        scope = strategy.scope if strategy is not None else contextlib.nullcontext
+        with scope():
+            self._compile()
 
         feats = self.features(train, training=True)
         if len(next(iter(feats.values()))) == 0:
             raise ConfigError(f"{type(self).__name__}: no training rows (rated_only={self.rated_only})")
-        # build the variables now: BackupAndRestore can only restore into a built model
-        self.model({k: tf.constant(v[:1]) for k, v in feats.items()})
+        with scope():
+            # build the variables now: BackupAndRestore can only restore into a built model
+            self.model({k: tf.constant(v[:1]) for k, v in feats.items()})
+        if strategy is not None:
+            _allow_batch_means(self.model)
         pipe = tfdata.from_arrays(feats, self.batch_size, seed=child_seed(self.seed, "tfdata"))
+        train_ds = pipe.dataset() if strategy is None else pipe.distributed_dataset(strategy)
         val_ds = None
+        steps = {}  # a distributed dataset has no length: Keras needs the steps
+        if strategy is not None:
+            steps["steps_per_epoch"] = pipe.steps_per_epoch
         if val is not None and len(val):
             vf = self.features(val, training=False)
             if len(next(iter(vf.values()))):
-                val_ds = tfdata.from_arrays(vf, self.eval_batch_size, shuffle=False).dataset()
+                vpipe = tfdata.from_arrays(vf, self.eval_batch_size, shuffle=False)
+                val_ds = vpipe.dataset() if strategy is None else vpipe.distributed_dataset(strategy)
+                if strategy is not None:
+                    steps["validation_steps"] = vpipe.steps_per_epoch
         stop_early = stop_early and val_ds is not None
 
         ckpt = self.resolved_checkpoint_dir()
@@ -385,10 +514,21 @@ class KerasRecommender(Recommender):
                                                       write_graph=False, update_freq="epoch", profile_batch=0))
         if ckpt is not None:
             # last of the built-ins: the weights it saves at epoch end match the states saved above
-            cbs.append(tf.keras.callbacks.BackupAndRestore(str(ckpt / "backup"), save_freq="epoch",
-                                                           delete_checkpoint=True))
+            backup = tf.keras.callbacks.BackupAndRestore if strategy is None else _WorkerBackupAndRestore
+            cbs.append(backup(str(ckpt / "backup"), save_freq="epoch", delete_checkpoint=True))
+        if strategy is not None:
+            cbs.append(_StartEpoch(strategy, pipe))
         cbs.extend(callbacks)
-        self.model.fit(pipe.dataset(), validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=self.verbose)
+        try:
+            self.model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=self.verbose,
+                           **steps)
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+                tf.errors.AbortedError, tf.errors.InternalError) as exc:
+            if strategy is None:
+                raise
+            from research import distributed
+
+            raise distributed.describe_failure(exc, type(self).__name__) from None
 
         self.history = hist.logs
         self.fit_epochs = len(hist.logs.get("epoch", []))
