@@ -121,7 +121,8 @@ def tf_config() -> dict | None:
         raise ConfigError(f"TF_CONFIG is not JSON: {exc}") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("cluster"), dict) or not cfg["cluster"]:
         raise ConfigError("TF_CONFIG needs a 'cluster' table, e.g. "
-                          '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}}')
+                          '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
+                          '"task": {"type": "worker", "index": 0}}')
     return cfg
 
 
@@ -193,16 +194,24 @@ def strategy():
     kind, index = task()
     if kind not in ("worker", "chief") or index >= len(cfg["cluster"].get(kind, ())):
         raise ConfigError(f"TF_CONFIG's task {kind}:{index} is not in its cluster {cfg['cluster']}")
-    import research  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow loads)
     import tensorflow as tf
+
+    import research  # noqa: F401  (TF_USE_LEGACY_KERAS is set before: research is imported already)
 
     timeout = collective_timeout()
     options = tf.distribute.experimental.CommunicationOptions(
         timeout_seconds=timeout or None,
         implementation=tf.distribute.experimental.CommunicationImplementation.RING)
-    _STRATEGY = tf.distribute.MultiWorkerMirroredStrategy(
-        cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
-        communication_options=options)
+    try:
+        _STRATEGY = tf.distribute.MultiWorkerMirroredStrategy(
+            cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver(),
+            communication_options=options)
+    except RuntimeError as exc:
+        if "program startup" not in str(exc):
+            raise
+        raise ConfigError("TF_CONFIG is set, but TensorFlow was already running when the multi-worker strategy "
+                          "was made (it must come first in the process): train multi-worker with animerec run, "
+                          "or unset TF_CONFIG") from None
     return _STRATEGY
 
 
@@ -212,8 +221,9 @@ def check_supported(recommender) -> None:
     klass = type(recommender)
     path = f"{klass.__module__}:{klass.__qualname__}"
     if path not in MULTI_WORKER:
+        checked = ", ".join(p.split(":")[1] for p, why in MULTI_WORKER.items() if why is None)
         raise ConfigError(f"{klass.__name__} has not been checked under MultiWorkerMirroredStrategy (TF_CONFIG is "
-                          f"set); checked: {', '.join(p.split(':')[1] for p, why in MULTI_WORKER.items() if why is None)}"
+                          f"set); checked: {checked}"
                           f". Add it to research.distributed.MULTI_WORKER once its loss is a per-example mean "
                           f"trained by TFRSModel.train_step and a 2-worker fit matches a 1-worker one")
     why = MULTI_WORKER[path]

@@ -106,6 +106,57 @@ def test_worker_results_dir_is_private_and_stable(monkeypatch, tmp_path):
     assert a != distributed.worker_results_dir(tmp_path / "other")
 
 
+_SLEEPER = """import json, os, sys, time
+index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+if index == int(sys.argv[1]):
+    time.sleep(0.5)
+    sys.exit(3)
+time.sleep(120)
+"""
+
+
+def _sleepers(tmp_path, monkeypatch):
+    (tmp_path / "sleeper.py").write_text(_SLEEPER)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return env
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"  # a zombie has exited
+
+
+def test_launcher_stops_the_others_when_one_fails(tmp_path, monkeypatch, capfd):
+    """No TensorFlow: worker 1 exits with 3, worker 0 would sleep for 2 minutes; the launcher
+    lingers, stops worker 0 (its process group) and says who failed, how, and what it did."""
+    env = _sleepers(tmp_path, monkeypatch)
+    t0 = time.monotonic()
+    with pytest.raises(distributed.WorkerError, match=r"worker 1 \(pid \d+\) exited with code 3; the others: "
+                                                      r"worker 0 stopped; its log: .*worker-1.log"):
+        distributed.launch(["1"], 2, module="sleeper", env=env, linger=0.5, grace=2)
+    assert time.monotonic() - t0 < 20
+    pids = [int(p) for p in re.findall(r"worker \d: pid (\d+)", capfd.readouterr().err)]
+    assert len(pids) == 2 and all(_gone(p) for p in pids)
+
+
+def test_launcher_stops_every_worker_on_ctrl_c(tmp_path, monkeypatch, capfd):
+    import threading
+
+    env = _sleepers(tmp_path, monkeypatch)
+    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            distributed.launch(["9"], 3, module="sleeper", env=env, grace=2)
+    finally:
+        timer.cancel()
+    pids = [int(p) for p in re.findall(r"worker \d: pid (\d+)", capfd.readouterr().err)]
+    assert len(pids) == 3 and all(_gone(p) for p in pids)
+
+
 # ---- in-process TensorFlow ----------------------------------------------------------------------
 @pytest.mark.keras
 @pytest.mark.parametrize("n,batch,replicas", [(23, 5, 2), (20, 5, 2), (7, 4, 3), (9, 8, 4)])
@@ -181,7 +232,8 @@ def test_two_workers_match_one_worker(tmp_path):
     for key in ("rmse", "mae", "ndcg@10", "precision@10"):
         assert b[key] == pytest.approx(a[key], abs=TOL), (key, a[key], b[key])
     # nothing but the chief's run folder in the results: no worker copies, no workertemp_*
-    assert [p.name for p in (two_res / "runs" / "dist").iterdir()] == [p.name for p in (one_res / "runs" / "dist").iterdir()]
+    names = lambda res: [p.name for p in (res / "runs" / "dist").iterdir()]  # noqa: E731
+    assert names(two_res) == names(one_res)
     assert not [p for p in two_res.rglob("*") if "workertemp" in p.name]
     scratch = list((tmp_path / "tmp" / "animerec-workers" / "worker-1").glob("results-*/runs/dist/*/metrics.json"))
     assert len(scratch) == 1  # the worker's own copy, outside the results
