@@ -56,7 +56,8 @@ def gradient_bytes(recommender, batch: dict, workers: int) -> dict:
     for v, g in zip(model.trainable_variables, grads):
         full = int(np.prod(v.shape)) * v.dtype.size
         if isinstance(g, tf.IndexedSlices):
-            b = int(np.prod(g.values.shape)) * g.values.dtype.size + int(np.prod(g.indices.shape)) * g.indices.dtype.size
+            b = (int(np.prod(g.values.shape)) * g.values.dtype.size
+                 + int(np.prod(g.indices.shape)) * g.indices.dtype.size)
             sparse += b
             table_bytes += full
             per_var.append({"name": v.name, "kind": "IndexedSlices (all-gather)", "rows": int(g.values.shape[0]),
