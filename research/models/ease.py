@@ -32,9 +32,14 @@ Decisions (and why):
   ``memory_limit_gb`` (0: ``available_memory()``, which honours ``ANIMEREC_MEMORY_LIMIT``) and a
   ``ResourceError`` names both when it would not fit: at the full MAL catalogue (~17.5k active
   anime) B alone is ~1.1 GiB.
-- **Gram matrix**: XᵀX as a sparse product computed by column blocks of at most ``block_mb``
-  megabytes each, written into the dense float32 buffer (a one-shot sparse product of a nearly
-  dense co-occurrence matrix would hold 2-3 n² matrices at once).
+- **Gram matrix**: only its lower triangle, the part ``spotrf`` reads, computed by the compiled
+  loops of ``research.models._kernels`` straight into the dense float32 buffer (rows over
+  ``n_jobs`` threads), bit for bit what scipy's sparse product gives there
+  (``tests/test_fast_knn.py``); without numba, XᵀX as a sparse product by column blocks of at
+  most ``block_mb`` megabytes each (a one-shot sparse product of a nearly dense co-occurrence
+  matrix would hold 2-3 n² matrices at once). At the full MAL size (17.5k active anime, 57M
+  interactions) the triangle is about a third of the fit's CPU time and the inverse the rest
+  (``bench autoencoders``, ``bench fullsize_models``).
 - **Items that are not active** get, in ``score``, the row's lowest active score minus
   ``max(1, |lowest|)``: finite (the contract checks finiteness of whole rows) and strictly below
   every active item, so they are never recommended ahead of an item that had an interaction,
@@ -134,9 +139,11 @@ class EASE(Recommender):
         plus the larger of a Gram block (its sparse result, up to 8 B an entry plus scipy's
         intermediates, and its dense copy: 4 x ``block_mb`` at most) and the mirroring
         temporaries (a block of rows, and a diagonal block's copy and mask). ``nnz``: the
-        interactions; the fit holds up to five sparse copies of them (CSR, CSC, the active-item
-        slice, its transpose and CSC form: 8 bytes an entry each), which dominate at full MAL
-        size (the measured peak: ``animerec bench autoencoders``, results/bench/autoencoders.json)."""
+        interactions; the scipy path holds up to five sparse copies of them (CSR, CSC, the
+        active-item slice, its transpose and CSC form: 8 bytes an entry each), the compiled one
+        fewer (the active-item slice, its transpose and 4 bytes an entry of positions), so this
+        is an upper bound for both (measured at the full MAL size, 17.5k anime and 57M
+        interactions: 4.7 GB for the scipy path, 2.9 GB compiled, estimate 3.5 GB)."""
         n = int(n_active)
         gram_block = int(self.block_mb * 2**20) * 4
         mirror = _MIRROR_ROWS * n * 4 + 5 * _MIRROR_ROWS * _MIRROR_ROWS

@@ -3,12 +3,17 @@
 Both models share one machinery:
 
 - **Similarity** between the rows of an entity x feature matrix (items x users for item-kNN,
-  users x items for user-kNN), computed block-wise as sparse products ``A[rows] @ A.T`` in
-  float32, turned into cosine by the row norms, shrunk by the number of co-rating entities
-  ``n_common`` (``sim * n_common / (n_common + shrinkage)``), and pruned per block to each row's
-  ``k`` largest positive similarities. No Python loop over users or items: only over blocks of
-  rows (for memory: one dense block is at most ``block_mb`` megabytes), optionally run on
-  ``n_jobs`` threads (scipy's sparse products release the GIL).
+  users x items for user-kNN): the products ``A[rows] @ A.T`` in float32, turned into cosine by
+  the row norms, shrunk by the number of co-rating entities ``n_common``
+  (``sim * n_common / (n_common + shrinkage)``), and pruned per block to each row's ``k``
+  largest positive similarities. No Python loop over users or items: only over blocks of rows
+  (for memory: one dense block is at most ``block_mb`` megabytes), optionally run on ``n_jobs``
+  threads. With numba (``research.models._kernels``) the fit computes one triangle of the
+  symmetric product with the co-count in the same pass (``SimilarityRows._top_k_triangle``);
+  without it, or where the kept half would not fit ``TRIANGLE_MAX_BYTES``, scipy's sparse
+  products of whole row blocks (values, then co-counts). Both give the same matrix bit for bit
+  (``tests/test_fast_knn.py``). Measured at the full MAL size (``bench neighbors``: 310k users x
+  17.5k anime, 57M ratings, top-20): see ``results/bench/SUMMARY.md``.
 - **Rating prediction** as in Koren's KNNBaseline: the damped user + item biases of
   ``research.models.baselines.Bias`` (reused, not rewritten) plus the similarity-weighted mean of
   the neighbours' deviations from their own baseline,
@@ -503,7 +508,8 @@ class ItemKNN(_KNN):
             (0 = KNNBaseline's plain weighted mean).
         user_damping, item_damping: the baseline's damping (see ``Bias``).
         block_mb: memory bound of one dense block of similarities.
-        n_jobs: threads for the block-wise similarity products.
+        n_jobs: threads for the similarity (row chunks of the compiled triangle, or the scipy
+            products' blocks).
         seed: unused (the model is deterministic); kept for the common interface.
     """
 
@@ -552,7 +558,8 @@ class UserKNN(_KNN):
         user_damping, item_damping: the baseline's damping (see ``Bias``).
         block_mb: memory bound of one dense block of similarities. Fitting computes all user
             pairs: O(n_users²) outputs, fine for samples, not for 310k users.
-        n_jobs: threads for the block-wise similarity products.
+        n_jobs: threads for the similarity (row chunks of the compiled triangle, or the scipy
+            products' blocks).
         seed: unused (deterministic).
     """
 
