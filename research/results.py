@@ -154,9 +154,11 @@ class RunFolder:
 
     # ---- lifecycle -------------------------------------------------------------------------
     def open(self, resume: bool = True) -> dict:
-        """Create the folder. An unfinished run (status ``running`` with metrics) is resumed
-        when ``resume``: its measured models are returned and its per-user / per-rating parts
-        kept; anything else there is removed first. Returns the models already measured."""
+        """Create the folder. An unfinished run (status ``running``) is resumed when ``resume``:
+        its measured models (if any: a run killed while fitting its first model has no
+        ``metrics.json`` yet) are returned, its per-user / per-rating parts and its Keras
+        checkpoints kept; a finished run, or anything else there, is removed first. Returns the
+        models already measured."""
         import shutil
 
         import pandas as pd
@@ -170,8 +172,9 @@ class RunFolder:
         status = self.path / "status.json"
         if self.path.exists():
             running = status.is_file() and read_json(status).get("status") == "running"
-            if resume and running and (self.path / "metrics.json").is_file():
-                done = read_json(self.path / "metrics.json").get("models", {})
+            if resume and running:
+                metrics = self.path / "metrics.json"
+                done = read_json(metrics).get("models", {}) if metrics.is_file() else {}
                 print(f"[animerec] resuming {self.path} ({len(done)} model(s) already measured)", file=sys.stderr)
             else:
                 shutil.rmtree(self.path)

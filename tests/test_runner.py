@@ -159,3 +159,20 @@ def test_keep_finished_skips_a_finished_seed_and_reruns_by_default(tmp_path):
     assert (first / "status.json").read_text() == stamp  # not refitted
     assert run(cfg, quiet=True)[0] == first
     assert (first / "status.json").read_text() != stamp  # run again by default
+
+
+def test_a_run_killed_in_its_first_model_keeps_its_checkpoints(tmp_path):
+    """status "running" and no metrics.json yet (killed while fitting the first model, e.g. a
+    config whose only model is a Keras one): reopening resumes — the checkpoints stay — while a
+    finished folder is replaced."""
+    from research.results import RunFolder, write_json
+
+    d = tmp_path / "run"
+    (d / "logs" / "ckpt" / "m").mkdir(parents=True)
+    (d / "logs" / "ckpt" / "m" / "history.json").write_text("{}")
+    write_json(d / "status.json", {"status": "running"})
+    assert RunFolder(d, tmp_path).open(resume=True) == {}
+    assert (d / "logs" / "ckpt" / "m" / "history.json").is_file()
+    write_json(d / "status.json", {"status": "finished"})
+    assert RunFolder(d, tmp_path).open(resume=True) == {}
+    assert not (d / "logs").exists()
