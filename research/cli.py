@@ -334,6 +334,8 @@ def cmd_similar(args, what: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from research.config import RAW_SOURCES
+
     p = argparse.ArgumentParser(prog="animerec", description="Anime recommendation research: data, models, "
                                 "one evaluation harness, tuning, reports and benchmarks.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -358,7 +360,7 @@ def parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("prepare", help="validate and convert raw files to parquet + manifest.json")
-    sp.add_argument("--source", required=True, choices=["mal2020", "cooperunion2017", "generic"])
+    sp.add_argument("--source", required=True, choices=RAW_SOURCES)
     sp.add_argument("--raw", required=True, help="folder with the raw files")
     sp.add_argument("--out", help="output folder (default data/processed/<source>)")
     sp.add_argument("--chunk-rows", type=int, default=1_000_000, help="rows per streamed chunk")
@@ -427,7 +429,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", required=True, help="folder with the later file (the run's source schema)")
     sp.add_argument("--file", default="", help="ratings file in --raw (default: the source's, e.g. "
                                                "rating_complete.csv; animelist.csv keeps score-0 rows as watched)")
-    sp.add_argument("--source", default="", choices=["", "mal2020", "cooperunion2017", "generic"],
+    sp.add_argument("--source", default="", choices=["", *RAW_SOURCES],
                     help="the file's schema (default: the run's source)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the history / target division")
     sp.add_argument("--min-rows", type=int, default=5, help="users with fewer usable rows are counted and left out")
