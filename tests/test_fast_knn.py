@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-pytest.importorskip("numba")
+from research.data.interactions import Interactions, Meta, Vocab, build_dataset
+from research.models import _kernels
+from research.models.ease import EASE
+from research.models.neighbors import SIMILARITIES, ItemKNN, SimilarityRows, UserKNN, _prune
 
-from research.data.interactions import Interactions, Meta, Vocab, build_dataset  # noqa: E402
-from research.models import _kernels  # noqa: E402
-from research.models.ease import EASE  # noqa: E402
-from research.models.neighbors import SIMILARITIES, ItemKNN, SimilarityRows, UserKNN, _prune  # noqa: E402
+#: the compiled paths; the rest of this file (the leaner fit, the direct CSR) runs without numba too
+needs_numba = pytest.mark.skipif(not _kernels.AVAILABLE, reason="numba is not installed")
 
 
 def frozen_top_k(s: SimilarityRows, k: int, block_mb: float = 64.0) -> sp.csr_matrix:
@@ -83,6 +84,7 @@ def long_tailed(seed: int, n_users: int = 160, n_items: int = 140, per_user: int
     return Interactions(np.asarray(users), np.asarray(items), np.asarray(ratings, np.float32), meta)
 
 
+@needs_numba
 @pytest.mark.parametrize("similarity", SIMILARITIES)
 @pytest.mark.parametrize("shrinkage", [0.0, 7.5])
 @pytest.mark.parametrize("cls", [ItemKNN, UserKNN])
@@ -100,6 +102,7 @@ def test_knn_triangle_equals_the_scipy_products_bit_for_bit(cls, similarity, shr
         assert identical(s.top_k(9, block_mb=block_mb, n_jobs=n_jobs, method="triangle"), want)
 
 
+@needs_numba
 def test_knn_triangle_with_every_row_as_its_own_block_and_k_past_the_rows():
     data = long_tailed(seed=5, n_users=40, n_items=35, per_user=8)
     s = ItemKNN(k=3, shrinkage=2.0).fit(data).sim_rows_
@@ -109,6 +112,7 @@ def test_knn_triangle_with_every_row_as_its_own_block_and_k_past_the_rows():
         assert identical(s.top_k(k, block_mb=tiny, n_jobs=2, method="triangle"), want)
 
 
+@needs_numba
 def test_knn_triangle_on_degenerate_inputs():
     meta = Meta(Vocab(np.arange(3)), Vocab(np.arange(4)))
     one = Interactions(np.array([0]), np.array([2]), np.array([5.0], np.float32), meta)
@@ -204,6 +208,7 @@ def ease_data(seed: int = 0, n_users: int = 200, n_items: int = 900, per_user: i
     return build_dataset(pd.DataFrame(rows, columns=["user", "item", "rating"])).interactions
 
 
+@needs_numba
 @pytest.mark.parametrize("weighting", ["binary", "rating"])
 def test_ease_gram_triangle_and_b_equal_the_scipy_products(weighting):
     data = ease_data()
