@@ -28,29 +28,49 @@ results, slower).
 """
 from __future__ import annotations
 
+import importlib.util
+import threading
+
 import numpy as np
 
-try:  # pragma: no cover - depends on the environment
-    import numba
+#: numba is there (imported, and the loops compiled, on first use: importing this module stays cheap)
+AVAILABLE = importlib.util.find_spec("numba") is not None
 
-    AVAILABLE = True
-except ImportError:  # pragma: no cover
-    numba = None
-    AVAILABLE = False
+_PREFETCH_AHEAD = 4  # users ahead whose row start is prefetched
+_LOCK = threading.Lock()
+prefetch = None  # set before the first compilation (the loops read it as a global)
 
 
 def _jit(fn):
-    if not AVAILABLE:
-        return fn
+    """``fn`` compiled by numba (nogil, cached on disk, no fast-math) on its first call."""
+    compiled = None
+
+    def call(*args):
+        nonlocal compiled
+        if compiled is None:
+            with _LOCK:
+                if compiled is None:
+                    compiled = _compile(fn)
+        return compiled(*args)
+
+    call.__name__, call.__doc__, call.__wrapped__ = fn.__name__, fn.__doc__, fn
+    return call
+
+
+def _compile(fn):
+    global prefetch
+    import numba
+
+    if prefetch is None:
+        prefetch = _make_prefetch()
     return numba.njit(nogil=True, cache=True, fastmath=False, boundscheck=False)(fn)
-
-
-_PREFETCH_AHEAD = 4  # users ahead whose row start is prefetched
 
 
 def _make_prefetch():
     """``prefetch(array, index)``: a read hint for ``array[index]``'s cache line (LLVM's
     ``llvm.prefetch``); a no-op where the intrinsic cannot be built."""
+    import numba
+
     try:
         from llvmlite import ir
         from numba import types
@@ -89,9 +109,6 @@ def _make_prefetch():
             pass
 
         return prefetch
-
-
-prefetch = _make_prefetch() if AVAILABLE else None
 
 
 @_jit
