@@ -30,6 +30,20 @@ import time
 from pathlib import Path
 
 ENV = "ANIMEREC_PROGRESS"
+_ACTIVE: list = []  # the statuses being shown, innermost last (``current``)
+
+
+def current() -> "Status | None":
+    """The innermost status being shown, or None: lets deep code (a model's block loop) report
+    how far it is without being handed the status."""
+    return _ACTIVE[-1] if _ACTIVE else None
+
+
+def report(done: float, total: float, note: str) -> None:
+    """``update`` the current status, if one is shown (nothing otherwise: free to call)."""
+    st = current()
+    if st is not None:
+        st.update(done=done, total=total, note=note)
 
 
 def enabled(quiet: bool = False, stream=None) -> bool:
@@ -203,11 +217,14 @@ class Status:
         self._draw()
         self._thread = threading.Thread(target=self._run, name="animerec-progress", daemon=True)
         self._thread.start()
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
         if not self._enabled or self._saved is None:
             return
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

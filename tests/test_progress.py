@@ -160,3 +160,28 @@ def test_animerec_run_shows_progress_on_a_terminal_only(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert piped.returncode == 0 and "\x1b[K" not in piped.stderr + piped.stdout
     assert "\r" not in piped.stderr and "fitting bias" in piped.stderr  # the log lines stay
+
+
+@pytest.mark.parametrize("method", ["products", "triangle"])
+def test_neighbour_computation_reports_its_blocks_to_the_current_status(monkeypatch, method):
+    """item_knn's similarity loop reports how far it is to the status being shown (14.8:
+    neighbour computation at scale), on both paths, ending at its total; nothing without one."""
+    import scipy.sparse as sp
+
+    from research.models.neighbors import SimilarityRows
+
+    if method == "triangle":
+        pytest.importorskip("numba")
+    rng = np.random.default_rng(0)
+    x = sp.random(300, 60, density=0.1, format="csr", random_state=rng, dtype=np.float32)
+    seen = []
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    with progress.Status("item_knn", enabled=True, stream=tty, interval=10) as st:
+        real = st.update
+        monkeypatch.setattr(st, "update", lambda **kw: (seen.append(kw), real(**kw)))
+        SimilarityRows(x, shrinkage=3.0).top_k(5, block_mb=0.002, method=method)
+    assert progress.current() is None  # popped on exit
+    assert len(seen) > 1 and seen[-1]["done"] == seen[-1]["total"]
+    assert [s["done"] for s in seen] == sorted(s["done"] for s in seen)
+    progress.report(1, 2, "no status: nothing happens")

@@ -52,11 +52,13 @@ prediction; they count in "binary" similarity and in the binary ranking history.
 """
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.sparse as sp
 
+from research import progress
 from research.data.interactions import Interactions
 from research.models import _kernels
 from research.models._csr import interactions_csr
@@ -279,6 +281,8 @@ class SimilarityRows(Stateful):
                 else:
                     parts[bj] = _prune(cur, k)
                 del cur
+                # work so far: rows [a, m) of the lower triangle, (m² − a²) / 2 pairs
+                progress.report((m * m - a * a) / 2, m * m / 2, "similarity pairs")
         finally:
             if pool is not None:
                 pool.shutdown()
@@ -291,11 +295,18 @@ class SimilarityRows(Stateful):
         step = _block_rows(m, block_mb)
         starts = list(range(0, m, step))
 
+        done = [0]
+        lock = threading.Lock()
+
         def block(a: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             b = min(a + step, m)
             sims = self._compact_rows(slice(a, b))
             sims[np.arange(b - a), np.arange(a, b)] = -np.inf  # never one's own neighbour
-            return _prune(sims, k)
+            out = _prune(sims, k)
+            with lock:
+                done[0] += b - a
+                progress.report(done[0], m, "similarity rows")
+            return out
 
         if n_jobs > 1 and len(starts) > 1:
             with ThreadPoolExecutor(n_jobs) as pool:
