@@ -85,13 +85,15 @@ def main(argv=None) -> int:
     lines = [f"# K-means elbow ({cfg.experiment})", "",
              f"WCSS and mean silhouette of K-means over user taste vectors of the training split, per k; mean "
              f"± std over seeds {', '.join(map(str, cfg.seeds))}. Model parameters: "
-             f"{params or 'the defaults'}. The config's run uses k = {chosen if chosen is not None else 'the default'}.",
+             f"{params or 'the defaults'}. The config's run uses k = "
+             f"{chosen if chosen is not None else 'the default'}.",
              "", "| k | WCSS | silhouette |", "|---:|---:|---:|"]
     lines += [f"| {k} | {fmt(wm, ws, 1)} | {fmt(sm, ss, 4)} |" for k, wm, ws, sm, ss in tab]
     if best_sil:
         lines += ["", f"Highest mean silhouette at k = {best_sil[0]}."]
     atomic_write_text(out_tables / f"{cfg.experiment}_curve.md", "\n".join(lines) + "\n")
-    fig = F.elbow(ks, [r[1] for r in tab], [r[3] for r in tab], cfg.results_path / "figures" / f"{cfg.experiment}_curve.png",
+    fig = F.elbow(ks, [r[1] for r in tab], [r[3] for r in tab],
+                  cfg.results_path / "figures" / f"{cfg.experiment}_curve.png",
                   wcss_std=[r[2] or 0.0 for r in tab], silhouette_std=[r[4] or 0.0 for r in tab],
                   chosen=chosen, title=f"K-means over user taste vectors ({len(cfg.seeds)} seed(s))")
     for path in (out_tables / f"{cfg.experiment}_curve.md", out_tables / f"{cfg.experiment}_curve.csv", fig):

@@ -35,11 +35,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from research.data import prepare
-
     import dataclasses
 
     from research.config import DataConfig
+    from research.data import prepare
 
     data_cfg = _config(args).data if args.config else DataConfig(source=args.source)
     changes = {k: v for k, v in (("ratings", args.ratings), ("unrated", args.unrated),
@@ -61,9 +60,9 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from research.data import synth
-
     import dataclasses
+
+    from research.data import synth
 
     knobs = {k: v for k, v in (("new_users", args.later_users), ("new_items", args.later_items),
                                ("returning", args.later_returning), ("taste_drift_sd", args.later_taste_drift))

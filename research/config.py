@@ -55,7 +55,8 @@ class DataConfig:
     ratings: str = ""  # ratings file in the folder ("" -> the source's default)
     catalogue: str = ""  # anime catalogue file ("" -> the source's default, if present)
     synopsis: str = ""  # synopsis file ("" -> the source's default, if present)
-    unrated: Literal["drop", "keep", "zero"] = "drop"  # score 0 / -1 rows: "drop" (counted), "keep" (watched, no rating), "zero" (0/10, the study)
+    # score 0 / -1 rows: "drop" (counted), "keep" (watched, no rating), "zero" (0/10, the study)
+    unrated: Literal["drop", "keep", "zero"] = "drop"
     max_rows: int = 0  # read at most this many rating rows (0 = all)
     min_user_ratings: int = 0  # drop users with fewer rated rows (counted in the manifest)
     fallback_to_synth: bool = True  # with no real data found, run on the synthetic generator
@@ -127,7 +128,8 @@ class TrainConfig:
     eval_batch_size: int = 65536  # batch size for validation and batched inference
     checkpoint_dir: str = ""  # resumable checkpoints ("" = derived from the run's log folder)
     verbose: int = 0  # Keras' fit verbosity
-    optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "adam"  # adam | lazy_adam (sparse rows only) | adagrad | sgd
+    # adam | lazy_adam (sparse rows only) | adagrad | sgd
+    optimizer: Literal["adam", "lazy_adam", "adagrad", "sgd"] = "adam"
 
     def __post_init__(self):
         if self.epochs < 1:

@@ -15,11 +15,9 @@ user and per anime (the long tail), and the most-rated anime.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 
 #: MAL watching_status codes (watching_status.csv of the 2020 data set).
@@ -291,8 +289,8 @@ def markdown(s: dict, figs: dict, experiment: str) -> str:
             L.append(f"| {code} {v['name']} | {_f(v['rows'])} | {_pct(v['share'])} | {_f(v['score0_rows'])} | "
                      f"{_f(v['mean_rating'])} |")
         if s["score0"].get("plan_to_watch_dropped"):
-            L.append(f"| 6 Plan to Watch, unscored (dropped by the loader) | {_f(s['score0']['plan_to_watch_dropped'])} "
-                     "| — | all | — |")
+            L.append("| 6 Plan to Watch, unscored (dropped by the loader) | "
+                     f"{_f(s['score0']['plan_to_watch_dropped'])} | — | all | — |")
         if "status" in figs:
             L += ["", f"![watching status]({figs['status']})"]
         L.append("")
@@ -315,7 +313,8 @@ def markdown(s: dict, figs: dict, experiment: str) -> str:
 
     pu, pa = s["ratings_per_user"], s["ratings_per_anime"]
     L += ["## Ratings per user and per anime (the long tail)", "",
-          "| | min | p25 | median | p75 | p90 | p99 | max | mean | Gini |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "| | min | p25 | median | p75 | p90 | p99 | max | mean | Gini |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, q in (("rows per user", pu), ("rows per anime", pa)):
         if q.get("min") is None:
             continue

@@ -33,7 +33,6 @@ import scipy.sparse as sp
 
 from research.models.base import History, mask_scores, top_k
 
-
 # ---------------------------------------------------------------------------------------------
 # What the score column means
 
@@ -216,7 +215,8 @@ class _Reasons:
             return ""
         n = int((contrib > 0).sum())
         more = f"; {n - 1} more of your anime add to it" if n > 1 else ""
-        return f"because you {self.said(items[best])} (EASE weight {w[best]:.3f}, contribution {contrib[best]:.3f}{more})"
+        return (f"because you {self.said(items[best])} (EASE weight {w[best]:.3f}, "
+                f"contribution {contrib[best]:.3f}{more})")
 
     # ---- user-kNN: the neighbours who watched it -------------------------------------------
     def _user_knn(self, item: int) -> str:

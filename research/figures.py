@@ -61,7 +61,6 @@ def leaderboard(exp, cells: dict, out: Path, metrics=("ndcg@{k}", "rmse"), mark:
     fig, axes = p.subplots(1, len(panels), figsize=(5.5 * len(panels), 0.45 * max(len(r) for _, r in panels) + 1.6),
                            squeeze=False)
     for ax, (m, rows) in zip(axes[0], panels):
-        names = [n for n, _ in rows]
         means = np.array([c.mean for _, c in rows], dtype=float)
         stds = np.array([c.std or 0.0 for _, c in rows], dtype=float)
         colors = ["#1f77b4" if c.best else ("#bbbbbb" if c.significant else "#7fa7cf") for _, c in rows]

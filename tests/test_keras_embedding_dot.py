@@ -293,7 +293,6 @@ def test_unscored_rows_never_enter_the_loss():
 
 def test_history_save_load_round_trip(tmp_path):
     from research.models.keras.common import KerasRecommender
-
     from research.models.keras.embedding_dot import EmbeddingDot
 
     ds, split = _data_unscored()

@@ -19,8 +19,7 @@ from research.data.interactions import build_dataset
 from research.data.splits import random_split
 from research.errors import AnimeRecError, ConfigError
 from research.models import registry
-from research.models.base import (ARRAYS_FILE, MODEL_FILE, ModelFileError, NotSupported, PickleRefused,
-                                  Recommender)
+from research.models.base import ARRAYS_FILE, MODEL_FILE, ModelFileError, NotSupported, PickleRefused, Recommender
 
 REPO = Path(__file__).resolve().parent.parent
 NAMES = [n for n in registry.MODELS if n not in registry.KERAS_MODELS]

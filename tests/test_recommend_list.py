@@ -9,9 +9,9 @@ from xml.sax.saxutils import escape
 
 import pandas as pd
 import pytest
+from test_cli import _assert_clean_error, animerec
 
 from research.data import synth
-from test_cli import _assert_clean_error, animerec
 
 STATUS_TEXT = {1: "Watching", 2: "Completed", 3: "On-Hold", 4: "Dropped", 6: "Plan to Watch"}
 

@@ -99,8 +99,9 @@ def test_resume_after_crash(tmp_path, monkeypatch):
 def test_meta_round_trips_without_pickle(tmp_path):
     """The run's vocabularies and anime table (lists of genres, NaN episodes, names) come back
     equal from meta/ — JSON, npz without pickle, parquet."""
-    from research.results import RunFolder
     from test_model_contract import tiny_dataset
+
+    from research.results import RunFolder
 
     meta = tiny_dataset().meta
     folder = RunFolder(tmp_path / "runs" / "x" / "r", tmp_path)

@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from research.data.interactions import build_dataset
 from research.config import SplitConfig
-from research.data.splits import (cold_start_users, heldout_users, leave_k_out, make_split, random_split,
-                                   user_holdout)
+from research.data.interactions import build_dataset
+from research.data.splits import cold_start_users, heldout_users, leave_k_out, make_split, random_split, user_holdout
 from research.errors import ConfigError
 
 

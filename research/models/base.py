@@ -107,7 +107,8 @@ class History:
             m.sum_duplicates()
             m.sort_indices()
         if not np.all(np.isfinite(rated.data)):
-            raise HistoryError("History: ratings must be finite (use NaN only when building, for 'watched, not scored')")
+            raise HistoryError("History: ratings must be finite "
+                               "(use NaN only when building, for 'watched, not scored')")
         seen.data[:] = 1.0
         if rated.nnz:
             pattern = rated.copy()
@@ -175,7 +176,9 @@ class History:
                 if len(x) != len(r):
                     raise HistoryError(f"History: user {u} has {len(x)} items but {len(r)} ratings")
         row = np.repeat(np.arange(len(items)), [len(x) for x in items])
-        cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros(0, dt))
+        def cat(parts, dt):
+            return np.concatenate(parts) if parts else np.zeros(0, dt)
+
         return cls.from_rows(row, cat(items, np.int64), cat(ratings, np.float64), len(items), n_items,
                              model_users)
 

@@ -58,8 +58,8 @@ class _SurpriseBase(Recommender):
         raise NotImplementedError
 
     def fit(self, train: Interactions, val: Interactions | None = None) -> "_SurpriseBase":
-        from surprise import Dataset, Reader
         import pandas as pd
+        from surprise import Dataset, Reader
 
         self.meta = train.meta
         if self.use_validation and val is not None and len(val):

@@ -63,13 +63,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-import research  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from research.data import tfdata
+import research  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from research.config import TrainConfig
+from research.data import tfdata
 from research.data.interactions import Interactions, Meta
 from research.errors import ConfigError
 from research.models.base import Recommender
@@ -86,7 +85,8 @@ class TFRSModel(tfrs.Model):
 
     ``tfrs.Model.train_step`` reports the last batch's loss as ``loss``; here ``loss`` is a running
     mean over the epoch, weighted by batch size (so for a per-example-mean loss it is the epoch's
-    per-example loss). Layer regularisation losses (``self.losses``) are included in ``loss``. Task metrics (e.g. ``rmse``) are logged as usual. Subclasses implement
+    per-example loss). Layer regularisation losses (``self.losses``) are included in ``loss``.
+    Task metrics (e.g. ``rmse``) are logged as usual. Subclasses implement
     ``compute_loss(inputs, training)`` and ``call(inputs)`` (predictions, for saving / loading).
     """
 

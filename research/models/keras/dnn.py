@@ -32,8 +32,10 @@ class _DNNModel(TFRSModel):
                  feature_dims, use_features, user_weight, item_weight):
         super().__init__()
         init = lambda: tf.keras.initializers.RandomNormal(stddev=0.01)  # noqa: E731 (one instance per table)
-        self.user_embedding = tf.keras.layers.Embedding(n_users, dim, embeddings_initializer=init(), name="user_embedding")
-        self.item_embedding = tf.keras.layers.Embedding(n_items, dim, embeddings_initializer=init(), name="item_embedding")
+        self.user_embedding = tf.keras.layers.Embedding(n_users, dim, embeddings_initializer=init(),
+                                                        name="user_embedding")
+        self.item_embedding = tf.keras.layers.Embedding(n_items, dim, embeddings_initializer=init(),
+                                                        name="item_embedding")
         self.user_bias = tf.keras.layers.Embedding(n_users, 1, embeddings_initializer="zeros", name="user_bias")
         self.item_bias = tf.keras.layers.Embedding(n_items, 1, embeddings_initializer="zeros", name="item_bias")
         self.side = item_encoder(item_features, feature_dims, use=use_features) if use_features else None

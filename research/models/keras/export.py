@@ -25,9 +25,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 import research  # noqa: F401
-import tensorflow as tf
 
 INDEXES = ("brute_force", "faiss")
 

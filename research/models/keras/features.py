@@ -182,7 +182,8 @@ def pd_numeric(values: list) -> np.ndarray:
 
 
 def item_encoder(features: ItemFeatures, dims: dict | None = None, l2: float = 0.0,
-                 use: tuple = ("genres", "studios", "type", "source", "episodes", "synopsis"), name: str = "item_features"):
+                 use: tuple = ("genres", "studios", "type", "source", "episodes", "synopsis"),
+                 name: str = "item_features"):
     """A Keras layer mapping item indices (any shape) to the concatenated side-feature embeddings.
 
     Each multi-valued feature is a masked mean of its embeddings (an empty list gives zeros);

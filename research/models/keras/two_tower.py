@@ -91,14 +91,16 @@ class _TwoTowerModel(TFRSModel):
         zeros = "zeros"
         self.n_items = n_items
         self.id_dim = int(id_dim)
-        self.item_id = tf.keras.layers.Embedding(n_items, id_dim, embeddings_initializer=zeros, name="item_id_embedding")
+        self.item_id = tf.keras.layers.Embedding(n_items, id_dim, embeddings_initializer=zeros,
+                                                 name="item_id_embedding")
         self.side = item_encoder(item_features, feature_dims, use=use_features) if use_features else None
         self.item_proj = tf.keras.layers.Dense(dim, name="item_projection")
         self.use_user_id = bool(user_id)
         self.user_id = tf.keras.layers.Embedding(n_users, id_dim, embeddings_initializer=zeros,
                                                  name="user_id_embedding") if self.use_user_id else None
         self.use_history = bool(history)
-        self.hist_emb = tf.keras.layers.Embedding(n_items, id_dim, embeddings_initializer=zeros, name="history_embedding")
+        self.hist_emb = tf.keras.layers.Embedding(n_items, id_dim, embeddings_initializer=zeros,
+                                                  name="history_embedding")
         self.user_hidden = [tf.keras.layers.Dense(int(n), activation="relu", name=f"user_hidden_{j}")
                             for j, n in enumerate(user_layers)]
         self.user_proj = tf.keras.layers.Dense(dim, name="user_projection")

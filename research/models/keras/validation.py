@@ -9,9 +9,9 @@ Every in-graph validation of the project calls this one function: there is no se
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
 import research  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-import tensorflow as tf
 
 
 def ndcg_at_k(scores, candidates, seen, targets, k: int):
