@@ -76,23 +76,6 @@ def gradient_bytes(recommender, batch: dict, workers: int) -> dict:
             "variables": per_var}
 
 
-def _timer():
-    """A Keras callback recording each epoch's wall and CPU seconds."""
-    import tensorflow as tf
-
-    class Timer(tf.keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.times, self.cpu = [], []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.t0, self.c0 = time.perf_counter(), time.process_time()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.times.append(time.perf_counter() - self.t0)
-            self.cpu.append(time.process_time() - self.c0)
-
-    return Timer()
 
 
 def fit_worker(n_ratings: int, n_users: int, n_items: int, batch_size: int, epochs: int, seed: int, dim: int,
@@ -107,7 +90,9 @@ def fit_worker(n_ratings: int, n_users: int, n_items: int, batch_size: int, epoc
     from research.models.keras.embedding_dot import EmbeddingDot
 
     data = synthetic_ratings(n_ratings, n_users, n_items, seed)
-    timer = _timer()
+    from research.bench.throughput import epoch_timer
+
+    timer = epoch_timer()
     load0 = os.getloadavg()[0]
     m = EmbeddingDot(dim=dim, batch_size=batch_size, epochs=epochs, early_stopping=False, seed=seed,
                      learning_rate=0.01, optimizer=optimizer)

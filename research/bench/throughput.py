@@ -107,9 +107,8 @@ def pipeline_throughput(data, batch_size: int, epochs: int = 3, seed: int = 0) -
     return n * (epochs - 1) / sum(times[1:]), n * (epochs - 1) / sum(cpu[1:])
 
 
-def model_throughput(model_cls, data, batch_size: int, epochs: int = 3, seed: int = 0, **params) -> dict:
-    """Examples/s of ``model_cls(...).fit`` (a ``KerasRecommender``; no validation, no early
-    stopping) over the epochs after the first; ``params`` go to the constructor."""
+def epoch_timer():
+    """A Keras callback recording each epoch's wall and CPU seconds (``times``, ``cpu``)."""
     import tensorflow as tf
 
     class Timer(tf.keras.callbacks.Callback):
@@ -124,7 +123,13 @@ def model_throughput(model_cls, data, batch_size: int, epochs: int = 3, seed: in
             self.times.append(time.perf_counter() - self.t0)
             self.cpu.append(time.process_time() - self.c0)
 
-    timer = Timer()
+    return Timer()
+
+
+def model_throughput(model_cls, data, batch_size: int, epochs: int = 3, seed: int = 0, **params) -> dict:
+    """Examples/s of ``model_cls(...).fit`` (a ``KerasRecommender``; no validation, no early
+    stopping) over the epochs after the first; ``params`` go to the constructor."""
+    timer = epoch_timer()
     m = model_cls(batch_size=batch_size, epochs=epochs, early_stopping=False, seed=seed, **params)
     m.fit(data, None, callbacks=[timer])
     n = len(m.features(data, training=True)["user"])  # rows one epoch trains on
