@@ -80,7 +80,7 @@ whether the deep part adds anything to the linear item-item model. Measured on s
 validation part (training history, multvae's defaults otherwise, frozen kernel): mal2020 sample,
 EASE's defaults (rating weighting, λ 6900) inside, ndcg@10 0.1693 / 0.1711 at wide_scale 10 / 30
 and 0.1714 at scale 10 with lr 5e-4 and dropout 0.5, against EASE alone 0.1715 (and the VAE alone
-0.1440); binary λ 300: 0.1619 (scale 10) against that EASE's 0.1623; every run's best epoch was
+0.1400, measured alongside); binary λ 300: 0.1619 (scale 10) against that EASE's 0.1623; every run's best epoch was
 its first, i.e. training the deep part only moved it away from EASE. On the 5k CooperUnion set
 (scale 30): 0.1507 against EASE 0.2181 and the VAE alone 0.1654. So no: under joint training the
 deep part takes nothing from EASE's residual on either set (EASE's scores of its own training
@@ -101,7 +101,8 @@ Measured on seed 0's validation part (``experiments/val_probe.py``, training his
 CooperUnion set the linear decoder alone lifts ndcg@10 from 0.1654 to 0.1868, RecVAE's settings
 (5 x 600 dense encoder, linear decoder, composite prior, dropout 0.5, γ 0.005 / 0.01) reach
 0.1889 / 0.1909 (EASE 0.2181); on the 575-user mal2020 sample they do not help (0.1354, dense 1 x
-600 + linear 0.1430, against 0.1440): the gains need users (``experiments/configs/recvae_5k.toml``).
+600 + linear 0.1430, against 0.1400 for the defaults in the same check): the gains need users
+(``experiments/configs/recvae_5k.toml``).
 
 ``user_vectors()``: μ of the encoder for every user (on the scoring history). ``item_vectors()``:
 the rows of the decoder's output kernel (n_items x last hidden width); anime with no training
