@@ -9,13 +9,9 @@ The test part is never looked at during the search. Because the trial is just "b
 evaluate", the same tuner searches the classical models too (damping of ``bias``, neighbours and
 shrinkage of ``item_knn``, clusters of ``kmeans``).
 
-Decisions (and why):
+Decisions (and why); those of the search space are in ``research.tuning.space``, those of the
+folder and of resuming in ``research.tuning.folder``:
 
-- **Search space**: ``[models.NAME.space]`` in the config, one entry per constructor argument:
-  ``{type="int"|"float", min, max[, step][, sampling="linear"|"log"|"reverse_log"]}``,
-  ``{type="choice", values=[...]}``, ``{type="boolean"}``. Names are checked against the model's
-  constructor (like the model's other arguments) before any data are loaded. A trial's values are
-  merged over the table's fixed arguments.
 - **Oracles**: ``random``, ``bayesian`` (Gaussian process; its random start is
   ``max(3, min(3 x dims, max_trials // 2))`` points, so small budgets still reach the model-based
   part; a proposal equal to a configuration already tried is replaced by a random one, since
@@ -35,15 +31,6 @@ Decisions (and why):
   seed ``animerec run`` gives that model — so trials differ only in their hyperparameters (common
   random numbers) and the untuned default is exactly the runner's model. The oracle samples with
   its own child seed ``child_seed(seed, "tune-oracle/NAME")``.
-- **Folder**: ``results/runs/<experiment>/tune-<config hash>_<data id>-seed<seed>/``. The hash is
-  :func:`research.experiment.config_hash` of the config with ``tune.max_trials`` and
-  ``tune.retrain_on_full`` blanked, so raising the trial budget extends the same search; the data
-  id (:func:`research.experiment.data_id`) gives a search on other data its own folder.
-- **Resume**: only on the same data (a fingerprint of the split is kept in the folder; other
-  data discard the old search, with a message). The keras-tuner project (``keras_tuner/`` in the
-  folder) is reopened with ``overwrite=False``: finished trials are kept, a trial that was running
-  when the process died is re-run (keras-tuner queues it for retry on reload), and a trial that
-  failed is re-run too (so a search only ever ends with every trial completed).
 - **Failures**: a failed trial (exception, or a non-finite objective) stops the search: tuning.json
   is written with the trial's status ``FAILED`` and its error, then the trial's own exception is
   raised (with a note naming the trial).
@@ -71,7 +58,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import inspect
 import math
 import sys
 import time
@@ -86,168 +72,29 @@ from research.errors import ConfigError
 from research.eval import metrics as M
 from research.models import registry
 from research.seeding import child_seed, seed_everything
-
-ORACLES = ("random", "bayesian", "hyperband")
-BASELINES = ("global_mean", "bias", "popularity")
-SPACE_TYPES = {"int": {"min", "max", "step", "sampling", "default"},
-               "float": {"min", "max", "step", "sampling", "default"},
-               "choice": {"values", "default"},
-               "boolean": {"default"}}
-_TUNER_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/bracket", "tuner/round", "tuner/trial_id")
-
-
-# ---------------------------------------------------------------------------------------------
-# config checks (no data, no TensorFlow)
-# ---------------------------------------------------------------------------------------------
-
-def tuned_spec(cfg: Config) -> ModelSpec:
-    """The ``[models.NAME]`` table to tune: ``tune.model``, or the config's only model."""
-    where = f" in {cfg.source_file}" if cfg.source_file else ""
-    if cfg.tune.model:
-        return cfg.model(cfg.tune.model)
-    if len(cfg.models) == 1:
-        return cfg.models[0]
-    if not cfg.models:
-        raise ConfigError(f"no [models.*] table to tune{where}")
-    raise ConfigError(f"tune.model is not set{where} and the config has {len(cfg.models)} models "
-                      f"({', '.join(m.name for m in cfg.models)}): name the one to tune")
-
-
-
-
-def check_space(spec: ModelSpec, oracle: str = "random") -> dict:
-    """Validate ``[models.NAME.space]`` against the model's constructor and the oracle.
-
-    Returns:
-        The space, as a dict name -> entry (unchanged).
-
-    Raises:
-        ConfigError: naming the offending key (unknown parameter, unknown entry type or field,
-            a bad range, ``epochs`` searched under Hyperband, or Hyperband for a model without
-            epochs).
-    """
-    import difflib
-
-    key = f"models.{spec.name}.space"
-    if not isinstance(spec.space, dict) or not spec.space:
-        raise ConfigError(f"[{key}] is missing or empty: nothing to tune (e.g. "
-                          f"user_damping = {{type=\"float\", min=0, max=50}})")
-    valid = list(registry.model_class(spec.type).param_defaults())
-    for name, entry in spec.space.items():
-        where = f"{key}.{name}"
-        if name not in valid:
-            near = difflib.get_close_matches(name, valid, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else f" (valid: {', '.join(valid)})"
-            raise ConfigError(f"{where}: model {spec.type!r} has no parameter {name!r}{hint}")
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a table like {{type=\"int\", min=1, max=10}}, got {entry!r}")
-        typ = entry.get("type")
-        if typ not in SPACE_TYPES:
-            raise ConfigError(f"{where}.type: expected one of {', '.join(SPACE_TYPES)}, got {typ!r}")
-        extra = set(entry) - SPACE_TYPES[typ] - {"type"}
-        if extra:
-            raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(extra))} for type {typ!r} "
-                              f"(valid: {', '.join(sorted(SPACE_TYPES[typ]))})")
-        if typ in ("int", "float"):
-            for f in ("min", "max"):
-                if f not in entry:
-                    raise ConfigError(f"{where}: {typ} needs {f!r}")
-                v = entry[f]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or (typ == "int" and not isinstance(v, int)):
-                    what = "an integer" if typ == "int" else "a number"
-                    raise ConfigError(f"{where}.{f}: expected {what}, got {v!r}")
-            if entry["min"] >= entry["max"]:
-                raise ConfigError(f"{where}: min ({entry['min']}) must be below max ({entry['max']})")
-            sampling = entry.get("sampling", "linear")
-            if sampling not in ("linear", "log", "reverse_log"):
-                raise ConfigError(f"{where}.sampling: expected linear, log or reverse_log, got {sampling!r}")
-            if sampling != "linear" and entry["min"] <= 0:
-                raise ConfigError(f"{where}: {sampling} sampling needs min > 0, got {entry['min']}")
-        if typ == "choice":
-            values = entry.get("values")
-            if not isinstance(values, list) or not values:
-                raise ConfigError(f"{where}.values: expected a non-empty list")
-            kinds = {type(v) for v in values}
-            if len(kinds) > 1 and kinds != {int, float}:
-                raise ConfigError(f"{where}.values: all values must have one type, got {values!r}")
-    if oracle == "hyperband":
-        if spec.type not in registry.KERAS_MODELS or "epochs" not in valid:
-            raise ConfigError(f"tune.oracle = \"hyperband\" allocates training epochs, and model "
-                              f"{spec.name!r} ({spec.type}) has none: use \"random\" or \"bayesian\"")
-        if "epochs" in spec.space:
-            raise ConfigError(f"{key}.epochs: under tune.oracle = \"hyperband\" the epochs are "
-                              f"Hyperband's resource (tune.max_epochs), not a searched parameter")
-    return spec.space
-
-
-def check_objective(cfg: Config, spec: ModelSpec) -> tuple[str, str]:
-    """The (objective, direction) of the search, checked against what the harness measures for
-    this model. The direction is the metric's own (``research.eval.metrics.METRICS``)."""
-    obj, k = cfg.tune.objective, cfg.eval.k
-    valid = M.harness_keys(k)
-    if obj not in valid:
-        import difflib
-
-        near = difflib.get_close_matches(obj, valid, n=1)
-        raise ConfigError(f"tune.objective: {obj!r} is not a harness metric"
-                          + (f" (did you mean {near[0]!r}?)" if near else f" (valid: {', '.join(valid)})"))
-    cls = registry.model_class(spec.type)
-    rating = M.metric(obj).unit == "rating"
-    if rating and not getattr(cls, "predicts_ratings", False):
-        raise ConfigError(f"tune.objective = {obj!r}, but model {spec.name!r} does not predict ratings "
-                          f"(tune a ranking metric, e.g. ndcg@{k})")
-    if not rating and not getattr(cls, "ranks", True):
-        raise ConfigError(f"tune.objective = {obj!r}, but model {spec.name!r} does not rank items")
-    return obj, M.direction(obj)
-
-
-def tuning_dir(cfg: Config, seed: int, data: str | None = None) -> Path:
-    """``results/runs/<experiment>/tune-<hash>_<data id>-seed<seed>`` (``research.experiment.locate``:
-    ``data`` is the data id, default ``data_id(cfg)``, computed without loading); the hash ignores
-    the trial budget, ``retrain_on_full`` and the config's untuned models, so that a larger
-    ``max_trials`` extends the same search and a model added to a base config does not discard it."""
-    from research.experiment import data_id, locate
-
-    spec = tuned_spec(cfg)
-    # what the search depends on: data, split, eval, the tuned table and the baselines it refits
-    # (not the other models a base config lists, so adding one there keeps every search)
-    kept = tuple(m for m in cfg.models if m.name == spec.name or (m.name in BASELINES and m.type == m.name))
-    blank = dataclasses.replace(cfg, models=kept,
-                                tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
-    return locate(R.runs_root(cfg.results_path) / cfg.experiment, blank, seed,
-                  data_id(cfg) if data is None else data, prefix="tune-")
-
+from research.tuning.folder import check_data, data_fingerprint, tuning_dir
+from research.tuning.space import (
+    BASELINES,
+    ORACLES,
+    SPACE_TYPES,
+    TUNER_KEYS,
+    check_objective,
+    check_space,
+    default_values,
+    hyperparameters,
+    tuned_spec,
+)
 
 # ---------------------------------------------------------------------------------------------
 # keras-tuner pieces (imported lazily: keras-tuner imports Keras 3 and TensorFlow)
 # ---------------------------------------------------------------------------------------------
-
-def _hyperparameters(space: dict):
-    import keras_tuner as kt
-
-    hps = kt.HyperParameters()
-    for name, e in space.items():
-        try:
-            if e["type"] == "int":
-                hps.Int(name, e["min"], e["max"], step=e.get("step"), sampling=e.get("sampling", "linear"),
-                        default=e.get("default"))
-            elif e["type"] == "float":
-                hps.Float(name, float(e["min"]), float(e["max"]), step=e.get("step"),
-                          sampling=e.get("sampling", "linear"), default=e.get("default"))
-            elif e["type"] == "choice":
-                hps.Choice(name, e["values"], default=e.get("default"))
-            else:
-                hps.Boolean(name, default=bool(e.get("default", False)))
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"space entry {name!r}: {exc}") from None
-    return hps
 
 
 def _oracle(cfg: Config, spec: ModelSpec, objective: str, direction: str, seed: int):
     import keras_tuner as kt
 
     obj = kt.Objective(objective, direction)
-    hps = _hyperparameters(spec.space)
+    hps = hyperparameters(spec.space)
     oseed = child_seed(seed, f"tune-oracle/{spec.name}") or 1  # keras-tuner treats seed 0 as "random"
     max_trials = int(cfg.tune.max_trials)
     if max_trials < 1:
@@ -269,36 +116,6 @@ def _oracle(cfg: Config, spec: ModelSpec, objective: str, direction: str, seed: 
         raise ConfigError(f"tune.oracle: expected one of {', '.join(ORACLES)}, got {cfg.tune.oracle!r}")
     o.default_values = default_values(spec)
     return o
-
-
-def default_values(spec: ModelSpec) -> dict | None:
-    """The untuned configuration as a point of the search space: each searched parameter's value
-    in the config table, else the constructor's default. None when one of them lies outside its
-    range (or choices): then the search cannot try the default as a trial."""
-    defaults = registry.model_class(spec.type).param_defaults()
-    out = {}
-    for name, e in spec.space.items():
-        if name in spec.params:
-            v = spec.params[name]
-        elif defaults.get(name, inspect.Parameter.empty) is not inspect.Parameter.empty:
-            v = defaults[name]
-        else:
-            return None
-        t = e["type"]
-        if t == "boolean":
-            ok = isinstance(v, bool)
-        elif t == "choice":
-            ok = any(v == c and type(v) is type(c) for c in e["values"])
-        elif t == "int":
-            ok = (isinstance(v, int) and not isinstance(v, bool) and e["min"] <= v <= e["max"]
-                  and (not e.get("step") or (v - e["min"]) % e["step"] == 0))
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and e["min"] <= v <= e["max"]
-            v = float(v)
-        if not ok:
-            return None
-        out[name] = v
-    return out
 
 
 def _default_first(base):
@@ -433,7 +250,7 @@ def _tuner_class():
             ctx = self.ctx
             tid = trial.trial_id
             values = dict(trial.hyperparameters.values)
-            searched = {k: v for k, v in values.items() if k not in _TUNER_KEYS}
+            searched = {k: v for k, v in values.items() if k not in TUNER_KEYS}
             params = {**ctx.spec.params, **searched}
             logged = dict(searched)
             if "tuner/epochs" in values:  # Hyperband's resource
@@ -564,12 +381,12 @@ class _Context:
             status = t.status if t.status != "INVALID" else "FAILED"
             if rec.get("status") == "FAILED" and status == "RUNNING":
                 status = "FAILED"
-            hp_now = {k: v for k, v in t.hyperparameters.values.items() if k not in _TUNER_KEYS}
+            hp_now = {k: v for k, v in t.hyperparameters.values.items() if k not in TUNER_KEYS}
             row = {"trial_id": tid, "status": status,
                    "is_default": self.defaults is not None and hp_now == self.defaults,
                    "hyperparameters": rec.get("hyperparameters",
                                               {k: v for k, v in t.hyperparameters.values.items()
-                                               if k not in _TUNER_KEYS}),
+                                               if k not in TUNER_KEYS}),
                    "objective": t.score if status == "COMPLETED" else None}
             for key in ("metrics", "seconds", "rss_mb", "error"):
                 if key in rec:
@@ -586,7 +403,7 @@ class _Context:
         order = {tid: i for i, tid in enumerate(oracle.start_order)}
         t = min(done, key=lambda t: (sign * t.score, order.get(t.trial_id, 0)))
         rec = self.read_record(t.trial_id)
-        hp = rec.get("hyperparameters", {k: v for k, v in t.hyperparameters.values.items() if k not in _TUNER_KEYS})
+        hp = rec.get("hyperparameters", {k: v for k, v in t.hyperparameters.values.items() if k not in TUNER_KEYS})
         return {"trial_id": t.trial_id, "hyperparameters": hp, "params": {**self.spec.params, **hp},
                 "objective": self.objective, "value": t.score}
 
@@ -602,46 +419,6 @@ class _Context:
 
 def _short(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def data_fingerprint(split) -> str:
-    """A hash of the split's three parts (users, items, ratings, row order): trials of a search are
-    only comparable on the same data."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for part in (split.train, split.val, split.test):
-        for a in (part.user, part.item, part.rating):
-            h.update(np.ascontiguousarray(a).tobytes())
-        h.update(b"|")
-    h.update(f"{split.meta.n_users},{split.meta.n_items}".encode())
-    return h.hexdigest()[:16]
-
-
-def _check_data(out: Path, split, quiet: bool) -> None:
-    """Resume only a search made on the same data: the folder's name covers the config and the
-    files read (``experiment.data_id``), but not the loader's code or the split, so a changed loader
-    or split would still mix trials scored on different data; this fingerprint of the split itself
-    catches that. On a mismatch the old search is discarded (with a message) and starts afresh."""
-    import shutil
-
-    fp = data_fingerprint(split)
-    f = out / "data_fingerprint.json"
-    project = out / "keras_tuner"
-    if project.exists():
-        old = R.read_json(f).get("fingerprint") if f.is_file() else None
-        if old != fp:
-            if not quiet:
-                print(f"[animerec] {out}: the data differ from the ones this search was run on "
-                      f"({old} -> {fp}); starting the search afresh", file=sys.stderr)
-            for name in ("keras_tuner", "logs", "models", "tuning.json", "metrics.json", "table.md"):
-                p = out / name
-                if p.is_dir():
-                    shutil.rmtree(p)
-                elif p.exists():
-                    p.unlink()
-    R.write_json(f, {"fingerprint": fp, "rows": {"train": len(split.train), "val": len(split.val),
-                                                  "test": len(split.test)}})
 
 
 def _requeue_failed(oracle) -> int:
@@ -710,7 +487,7 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     from research import locking
 
     locking.acquire(out)  # one search per tuning folder (a second one exits 2 naming this pid)
-    _check_data(out, split, quiet)
+    check_data(out, split, quiet)
     out.mkdir(parents=True, exist_ok=True)
     R.RunFolder(out, cfg.results_path).start({**cfg.to_dict(), "seed": seed}, seed, dataset.manifest)
 
@@ -851,4 +628,5 @@ def _refit(ctx: _Context, dataset, split, summary: dict, quiet: bool = False) ->
               f"default {dv:.4f})\n\n{table}\ntuning folder: {out}")
 
 
-__all__ = ["tune", "check_space", "check_objective", "tuned_spec", "tuning_dir", "rss_mb"]
+__all__ = ["tune", "check_space", "check_objective", "tuned_spec", "tuning_dir", "rss_mb", "default_values",
+           "data_fingerprint", "ORACLES", "BASELINES", "SPACE_TYPES"]
