@@ -117,10 +117,17 @@ def log_model_session(log_dir, spec, model, extra: dict, measured: dict, session
     """A run's model as an HParams session in its log folder (``animerec run``): its parameters (the
     config's ``[models.NAME]`` values over the model's full configuration when it has one), ``model``
     (the config's name), ``type``, the ``extra`` values (``seed``, ``experiment``) and its test
-    metrics as ``test/<metric>``."""
+    metrics as ``test/<metric>``.
+
+    The session's name (the HParams table's "Trial ID") starts with the seed, ``seed N · <session>``:
+    the table shows only its first dozen characters and, of the parameters, only the first five by
+    name (``seed`` is not among them), so with ``<run folder>/<model>`` alone a model's sessions of
+    two seeds looked the same."""
     params = dict(model.get_config()) if hasattr(model, "get_config") else {}
     params.update(spec.params)
     params.pop("seed", None)  # the model's child seed; the run's seed comes in ``extra``
+    if "seed" in extra:
+        session = f"seed {extra['seed']} · {session}"
     return write_session(log_dir, {**params, "model": spec.name, "type": spec.type, **extra}, measured, session)
 
 

@@ -71,6 +71,24 @@ def test_session_is_written_without_tensorflow(tmp_path):
     assert len(list(tmp_path.glob("events.out.tfevents.*.hparams"))) == 1
 
 
+def test_model_session_name_starts_with_the_seed(tmp_path):
+    """The HParams table cuts the Trial ID after a dozen characters and hides the ``seed`` column by
+    default: the seed leads the session's name, so two seeds of a model are told apart."""
+    from types import SimpleNamespace
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    spec = SimpleNamespace(name="bias", type="bias", params={"user_damping": 10})
+    tb.log_model_session(tmp_path, spec, object(), {"seed": 1, "experiment": "e"}, {"rmse": 1.0},
+                         session="abc123_def456-seed1/bias")
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    meta = acc.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
+    info = plugin_data_pb2.HParamsPluginData.FromString(meta).session_start_info
+    assert info.group_name == "seed 1 · abc123_def456-seed1/bias"
+    assert info.hparams["seed"].number_value == 1 and info.hparams["model"].string_value == "bias"
+
 @pytest.mark.keras
 def test_tensorflow_start_up_logs_are_silenced_unless_asked_for():
     code = "import research, tensorflow as tf; print(float(tf.constant(2.0) + 1))"
