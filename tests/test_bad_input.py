@@ -68,7 +68,8 @@ from hypothesis import strategies as st
 
 from research.config import DataConfig
 from research.data import prepare, sources
-from research.data.validate import FileStats, Locator, check_balance
+from research.data.locate import Locator
+from research.data.validate import FileStats, check_balance
 from research.errors import DataError
 
 CAT = (b"MAL_ID,Name,Score,Genres,Type,Episodes,Studios,Source,Members\n"

@@ -15,7 +15,8 @@ import pytest
 from research.config import DataConfig
 from research.data import sources
 from research.data.interactions import build_dataset
-from research.data.validate import Locator, check_balance
+from research.data.locate import Locator
+from research.data.validate import check_balance
 from research.errors import ConfigError, DataError, ResourceError
 
 

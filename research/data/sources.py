@@ -1,5 +1,8 @@
 """Schema adapters: raw rating and catalogue files -> one frame, one item table, one manifest.
 
+Size: one module because the three adapters (mal2020, cooperunion2017, generic) differ only in
+how ``plan_files`` finds and names their columns; reading, catalogues and the memory guard are shared.
+
 ``load(adapter, raw_dir, data_cfg)`` returns ``(frame, item_table, manifest)``:
 
 * ``frame``: columns ``user`` (int64 external id), ``item`` (int64 anime id), ``rating`` (float32 on
@@ -75,7 +78,8 @@ import pyarrow.csv as pacsv
 
 from research.config import RAW_SOURCES as ADAPTERS
 from research.data import validate as V
-from research.data.validate import BadValue, FileStats, Locator
+from research.data.locate import Locator, parser_error
+from research.data.validate import BadValue, FileStats
 from research.errors import ConfigError, DataError, ResourceError
 
 # Peak resident memory of an in-memory load, per rating row: 63 B/row measured (ru_maxrss above the
@@ -390,7 +394,7 @@ def iter_chunks(rf: RatingsFile, stats: FileStats, chunk_rows: int = 1_000_000, 
             records += len(cur)
             cur = nxt
     except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
-        raise V.parser_error(rf.path, exc, locator, rf.n_fields) from None
+        raise parser_error(rf.path, exc, locator, rf.n_fields) from None
     except pd.errors.EmptyDataError:
         pass
     finally:
@@ -551,7 +555,7 @@ def read_catalogue(path: Path, kind: str, delimiter: str = ",", id_names: tuple 
                             convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
                                                                  strings_can_be_null=False))
     except pa.ArrowInvalid as exc:
-        raise V.parser_error(path, exc, locator, len(header)) from None
+        raise parser_error(path, exc, locator, len(header)) from None
     stats.rows_read = tb.num_rows
     if tb.num_rows == 0:
         raise DataError(path, "no data rows after the header", line=2)
@@ -654,7 +658,7 @@ def read_status_codes(path: Path | None) -> tuple[np.ndarray | None, FileStats |
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise V.parser_error(path, exc, locator, 2) from None
+        raise parser_error(path, exc, locator, 2) from None
     df.columns = [str(c).strip().lower() for c in df.columns]
     if "status" not in df:
         raise _missing_column(path, "status", list(df.columns), text.split("\n", 1)[0], ",")
