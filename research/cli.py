@@ -1,5 +1,8 @@
 """The ``animerec`` command (also ``python -m research``). Thin: parse, call one function, print
-where the results went. Errors a user can fix print one line and exit with code 2."""
+where the results went. Errors a user can fix print one line and exit with code 2.
+
+Size: one module because it is the argparse table of every subcommand beside its thin handler;
+split, the table would be scattered over files."""
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,9 @@
 """Multi-worker training with ``tf.distribute.MultiWorkerMirroredStrategy``, and a loopback launcher.
 
+Size: one module because the TF_CONFIG reader, the strategy and the loopback launcher are one
+protocol: the launcher writes the TF_CONFIG the workers read, and both sides share the scratch
+folders and the failure messages defined here.
+
 A Keras model trains data-parallel when ``TF_CONFIG`` is set (the TensorFlow convention: a JSON
 ``{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}``). Every
 worker runs the same ``animerec run CONFIG``: it loads the data, splits it (the same split: the

@@ -1,5 +1,8 @@
 """Tables and figures from run folders.
 
+Size: one module because gathering runs, the paired tests and the table writers are one
+pipeline over one ``Experiment``; the figures are already ``research.figures``.
+
 ``markdown_table`` is the runner's per-run table (one row per model, mean ± std over the seeds
 given, absent metrics shown as —). ``build`` is ``animerec report``: for each experiment under
 ``results/runs/`` it takes the runs of the experiment's latest config (the config hash of the most

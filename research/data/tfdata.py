@@ -1,5 +1,8 @@
 """tf.data input pipelines for the Keras models: in memory (index-shuffled) and streamed from parquet.
 
+Size: one module because both pipelines (in memory, streamed from parquet) implement the one
+epoch-order contract described here, and the Keras fit loop takes either.
+
 Why not ``ds.shuffle(n).batch(b).cache()`` as in the TFRS tutorials: ``cache()`` after ``shuffle``
 replays one batch order every epoch, and a ``shuffle`` buffer over a million elements costs more
 than the model (100-160k examples/s against 250-400k/s for the model alone on 2 cores). Here the

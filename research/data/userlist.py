@@ -1,5 +1,8 @@
 """A user's own anime list, read for ``animerec recommend --list FILE`` (fold-in of a new user).
 
+Size: one module because it is one file format's reader (CSV or MAL XML export) and its mapping
+to the run's items (``AnimeNames``, which ``similar-anime --anime`` and the API share).
+
 Two formats, told apart by the content (the first non-blank character ``<`` means XML):
 
 * **CSV** with a header (line 1). One of ``anime_id`` (a MyAnimeList id) or ``name`` (resolved

@@ -1,5 +1,8 @@
 """Neighbourhood collaborative filtering on sparse matrices: ``UserKNN`` and ``ItemKNN``.
 
+Size: one module because UserKNN and ItemKNN are one algorithm on transposed matrices: the
+shared ``SimilarityRows`` and ``_KNN`` are most of it, each model a few dozen lines.
+
 Both models share one machinery:
 
 - **Similarity** between the rows of an entity x feature matrix (items x users for item-kNN,

@@ -1,5 +1,8 @@
 """Peer libraries wrapped as Recommenders, so the one harness measures them like our own models.
 
+Size: one module because it is one adapter layer, each peer a short class over two shared
+bases (Surprise's and implicit's), both imported lazily; one file lists every peer and its defaults.
+
 - Surprise (rating prediction; ranking by the predicted score): ``SurpriseSVD``, ``SurpriseSVDpp``,
   ``SurpriseKNNBaseline`` (item-based, ``pearson_baseline`` similarity: the configuration
   Surprise's documentation recommends and the DESIGN's reference ``RMSE ≈ 1.24``).

@@ -1,6 +1,9 @@
 """``multvae``: Mult-VAE^PR and Mult-DAE (Liang, Krishnan, Hoffman, Jebara, WWW 2018, "Variational
 Autoencoders for Collaborative Filtering").
 
+Size: one module because it is one model (Mult-VAE / Mult-DAE with RecVAE's options), whose
+loss, encoder and fit loop share its hyperparameters; a sixth is this docstring, the paper setting.
+
 - **Input**: a user's history as a bag of anime: every training interaction (rated or "watched
   without a score") counts 1 (``weighting="binary"``, the paper's), or rating / mean training
   rating with unrated rows at 1 (``weighting="rating"``). The bag is L2-normalised, then input
