@@ -211,6 +211,7 @@ class Recommender(Stateful):
         vecs = self.user_vectors()
         if vecs is None:
             raise NotSupported(f"{type(self).__name__} has no user representation")
+        return nearest(vecs, np.asarray(users), k)
 
 
 def mask_scores(scores: np.ndarray, users: np.ndarray, exclude: sp.csr_matrix | None,
