@@ -206,6 +206,40 @@ def test_retrain_on_full_writes_table_with_baselines_tuned_and_default(tmp_path)
     assert again.user_damping == pytest.approx(best["hyperparameters"]["user_damping"])
 
 
+@pytest.mark.keras
+def test_refit_takes_the_default_from_its_trial_instead_of_fitting_it_again(tmp_path, monkeypatch):
+    """The first trial is the default: its validation metrics are the default's (the same fit),
+    so the refit does not repeat it; a search whose trials never hit the default still fits it."""
+    from research.models import registry
+    from research.tuning import tune
+
+    data = _dataset()
+    fits = []
+    build = registry.build
+    monkeypatch.setattr(registry, "build", lambda typ, params, seed, **kw: fits.append(dict(params))
+                        or build(typ, params, seed, **kw))
+    out = tune(_cfg(tmp_path, "max_trials = 2", retrain=True), data, quiet=True)
+    t = _tuning(out)
+    assert t["trials"][0]["is_default"] and t["default"]["from_trial"] == t["trials"][0]["trial_id"]
+    assert t["default"]["metrics"] == t["trials"][0]["metrics"]
+    # the config check's build, 2 trials, 4 refits (3 baselines + tuned): no default fit on validation
+    assert len(fits) == 7
+    split = make_split(data.interactions, config.load(tmp_path / "c.toml").split, 0)
+    d = Bias(seed=child_seed(0, "bias")).fit(split.train, split.val)
+    assert t["default"]["objective"] == pytest.approx(evaluate(d, split, part="val").summary["rmse"], abs=1e-12)
+
+    # a default outside the space is never a trial: it is fitted for the comparison
+    fits.clear()
+    (tmp_path / "b").mkdir()
+    space = SPACE.replace("min=0.0, max=50.0", "min=10.0, max=50.0")  # Bias' user_damping 5 is outside
+    out = tune(_cfg(tmp_path / "b", "max_trials = 2", models="[models.bias]\n" + space, retrain=True),
+               data, quiet=True)
+    t = _tuning(out)
+    assert not any(r["is_default"] for r in t["trials"]) and t["default"]["from_trial"] is None
+    assert len(fits) == 8
+    assert t["default"]["objective"] == pytest.approx(evaluate(d, split, part="val").summary["rmse"], abs=1e-12)
+
+
 def tuning_dir_of(cfg):
     """The tuning folder of ``cfg`` on ``_dataset()`` (the folder's name covers the data)."""
     from research.experiment import dataset_id

@@ -1,8 +1,10 @@
 """The final refit on train + validation, scored on test, written as a run folder.
 
 **Final refit** (``tune.retrain_on_full``): the untuned default (the table's own arguments) is
-first fitted on train and scored on validation like a trial (``default`` in tuning.json: the
-number the search had to beat). Then the best configuration and the default are both refitted
+fitted on train and scored on validation like a trial (``default`` in tuning.json: the number
+the search had to beat) — unless the search's first trial was that very configuration (the usual
+case: the oracles try the default first), whose metrics are then used (``default.from_trial``)
+instead of the same fit a second time. Then the best configuration and the default are both refitted
 on train + validation with ``val=None`` — no internal holdout, so neither loses data and they
 stay comparable. Without validation a Keras model cannot stop early, so it trains for the
 epoch that early stopping kept in its validation fit (``best_epoch``; its ``epochs`` otherwise).
@@ -45,6 +47,19 @@ def _refit_params(typ: str, params: dict, val_metrics: dict) -> dict:
     return dict(params)
 
 
+def _default_trial(summary: dict) -> dict | None:
+    """The completed trial that fitted exactly the default, if any (``is_default``: its values are
+    the table's, or the constructor's where the table is silent). A trial builds its model from
+    the table's parameters updated with those values, with the same seed, training rows and
+    validation scoring as the default's own fit below, so its metrics are that fit's (seeded fits
+    are reproducible on CPU). Not with Hyperband, whose trials set their own epochs."""
+    for r in summary["trials"]:
+        if (r.get("is_default") and r["status"] == "COMPLETED" and r.get("metrics")
+                and "epochs" not in r["hyperparameters"]):
+            return r
+    return None
+
+
 def refit(ctx: Context, dataset, split, summary: dict, quiet: bool = False) -> None:
     """Score the untuned default on validation (for tuning.json), then refit default, tuned and
     baselines on train + validation, score them on test, and write metrics.json and the table."""
@@ -55,14 +70,18 @@ def refit(ctx: Context, dataset, split, summary: dict, quiet: bool = False) -> N
     best_metrics = next(r for r in summary["trials"] if r["trial_id"] == best["trial_id"]).get("metrics", {})
 
     # the default on validation: the number the search had to beat
-    if not quiet:
-        print(f"[animerec] default {spec.name} on validation ...", file=sys.stderr, flush=True)
-    model, _, default_val = _fit_score(ctx, spec.type, dict(spec.params), ctx.model_seed, split.train,
-                                       split.fit_val(), split, "val", "default_val")
-    del model
-    release_memory()
+    trial = _default_trial(summary)
+    if trial is not None:  # the search's first trial was the default itself: the same fit, not redone
+        default_val = dict(trial["metrics"])
+    else:
+        if not quiet:
+            print(f"[animerec] default {spec.name} on validation ...", file=sys.stderr, flush=True)
+        model, _, default_val = _fit_score(ctx, spec.type, dict(spec.params), ctx.model_seed, split.train,
+                                           split.fit_val(), split, "val", "default_val")
+        del model
+        release_memory()
     summary["default"] = {"params": dict(spec.params), "objective": default_val.get(ctx.objective),
-                          "metrics": default_val}
+                          "metrics": default_val, "from_trial": trial["trial_id"] if trial else None}
     R.write_json(out / "tuning.json", summary)
 
     train_val = split.train_val()
