@@ -54,9 +54,21 @@ The temperature matters most (0.05 was the old default, and the old tuning space
 at 0.05 both losses peak within a few epochs and overfit; at 0.2 they climb for 40-60 epochs (the
 climb has a dip around epochs 4-8, which patience 4 mistook for the peak; hence patience 8). At
 equal epochs (40) the two losses are level; the full softmax keeps improving after that.
-Cost (2 shared cores, under load): a full-softmax step (batch 1,024) costs ~0.2-0.35 s against
-~0.045 s in-batch: the anime tower over all 6.5k candidates with their side features every step
-(~0.05-0.08 s forward) and the masked denominator (~0.1 s, gathered rather than a dense mask).
+Cost (2 shared cores, under load ~4.5-5 from another job; cooperunion_5k seed-0 split: 374,838
+training pairs, 7,080 candidates, batch 1,024, 367 steps an epoch, validation included):
+``fast_grad = True`` (the default, hand-written gradients of the same loss) 54 / 45.5 s an epoch
+(7,522 pairs/s) against 116 / 116 s (3,240 pairs/s) for TF's autodiff (``fast_grad = False``, the
+code before the option), with identical epoch losses (7603.28, 7212.64, 7106.69) and validation
+ndcg@10 over 3 epochs. Where a step's time went (autodiff, one batch, CPU ms): the (B x N) softmax
+and its gradient ~115-145 (of which the three matmuls ~45, one exp over B x N ~14, a scatter of
+the B x |history| masked entries, ~220k, into a dense (B x N) gradient ~35), the user tower's
+history sums ~55-65 (an unsorted segment sum of ~140k history rows ~20, and the optimizer's
+``tf.unique`` deduplication of their IndexedSlices gradient ~30), the anime tower over all
+candidates with its side features ~15-25, validation ~0.6 s an epoch. The fast path: a dense
+boolean history mask (a users x candidates table, or scattered per batch when that would exceed
+256 MB), the bound 1 / T instead of the row maximum, d q = s * (E c) and d c = E^T (s * q) with no
+(B x N) gradient temporary, a sorted segment sum and a dense gradient for the history table (not
+for ``lazy_adam``, whose sparse update differs). ``research/bench/two_tower_speed.py`` measures it.
 
 ``score(users)`` is the dot product of the user vector with every anime vector (both from the
 towers, computed once after fitting); ``similar_items`` / ``similar_users`` use the same vectors.
@@ -74,6 +86,8 @@ from research.seeding import child_seed
 
 _FEATURES = ("genres", "studios", "type", "source", "episodes", "synopsis")
 _LOSSES = ("in_batch", "full_softmax")
+#: largest (users x candidates) history mask the fast full softmax keeps as a table (bytes)
+_MASK_TABLE_BYTES = 256 << 20
 
 
 class _Rows:
@@ -86,7 +100,7 @@ class _Rows:
 class _TwoTowerModel(TFRSModel):
     def __init__(self, n_users, n_items, id_dim, dim, item_features, feature_dims, use_features, history,
                  hist_indptr, hist_items, candidates, log_q, temperature, l2, val_k, loss="in_batch",
-                 mask_history=True, user_id=True, user_layers=()):
+                 mask_history=True, user_id=True, user_layers=(), fast_grad=True, dense_history_grad=True):
         super().__init__()
         zeros = "zeros"
         self.n_items = n_items
@@ -114,6 +128,8 @@ class _TwoTowerModel(TFRSModel):
         self.loss_kind = loss
         self.mask_history = bool(mask_history)
         self.temperature = float(temperature)
+        self.fast_grad = bool(fast_grad)
+        self.dense_history_grad = bool(dense_history_grad)
         # full softmax: the denominator runs over the candidates (anime with a training row); the
         # column of an anime among them, and each user's history as candidate columns
         cand = np.flatnonzero(np.asarray(candidates)).astype(np.int32)
@@ -123,6 +139,13 @@ class _TwoTowerModel(TFRSModel):
         self.cand_col = tf.constant(col)
         self.hist_cols = tf.RaggedTensor.from_row_splits(tf.constant(col[np.asarray(hist_items, np.int64)], tf.int32),
                                                          tf.constant(hist_indptr, tf.int64))
+        # the fast path's history mask: a (users x candidates) boolean table when it is small
+        self.mask_table = None
+        if self.fast_grad and self.mask_history and n_users * len(cand) <= _MASK_TABLE_BYTES:
+            table = np.zeros((n_users, len(cand)), np.bool_)
+            h = np.asarray(hist_indptr, np.int64)
+            table[np.repeat(np.arange(n_users), np.diff(h)), col[np.asarray(hist_items, np.int64)]] = True
+            self.mask_table = tf.constant(table)
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
         self.ndcg = tf.keras.metrics.Mean(name=f"ndcg_at_{val_k}")
 
@@ -147,17 +170,56 @@ class _TwoTowerModel(TFRSModel):
                                             rows.nrows(out_type=tf.int32))
         return sums, tf.cast(rows.row_lengths(), tf.float32)[:, None]
 
+    def _history_sums_fast(self, rows, pos, leave_out):
+        """``gather(sums of rows, pos) - hist_emb(leave_out)`` with a hand-written gradient: the
+        history table's gradient is accumulated straight into a dense (n_items, id_dim) tensor
+        (one segment sum) instead of autodiff's IndexedSlices of one row per history entry of the
+        batch (~140k rows a batch on the 5k set), which the optimizer first deduplicates with
+        ``tf.unique`` and a segment sum. Same values; only for optimizers whose sparse update equals
+        the dense one with zero rows (Adam, Adagrad, SGD; not ``lazy_adam``)."""
+        if not self.hist_emb.built:
+            self.hist_emb(tf.zeros([1], tf.int32))
+        table = self.hist_emb.embeddings
+        flat, rowids = rows.flat_values, tf.cast(rows.value_rowids(), tf.int32)
+        nrows = rows.nrows(out_type=tf.int32)
+
+        @tf.custom_gradient
+        def f(t):
+            # row ids are sorted (a ragged tensor's): the sorted segment sum is ~4x faster; rows
+            # after the last non-empty one are padded back
+            sums = tf.math.segment_sum(tf.gather(t, flat), rowids)
+            sums = tf.pad(sums, [[0, nrows - tf.shape(sums)[0]], [0, 0]])
+            total = tf.gather(sums, pos)
+            if leave_out is not None:
+                total -= tf.gather(t, leave_out)
+
+            def grad(dy):
+                ds = tf.math.unsorted_segment_sum(dy, pos, nrows)  # per distinct user
+                dt = tf.math.unsorted_segment_sum(tf.gather(ds, rowids), flat, self.n_items)
+                if leave_out is not None:
+                    dt -= tf.math.unsorted_segment_sum(dy, leave_out, self.n_items)
+                return dt
+
+            return total, grad
+
+        return f(tf.convert_to_tensor(table))
+
     def user_tower(self, users, leave_out=None):
         hist_mean = None
         if self.use_history:
             # each distinct user's history is summed once per batch (a batch of B pairs holds far
             # fewer distinct users than B, and every history row costs a lookup and a gradient row)
             uniq, pos = tf.unique(users)
-            sums, counts = self._history_sums(tf.gather(self.hist, uniq))  # rows: (U, None) anime ids
-            total, count = tf.gather(sums, pos), tf.gather(counts, pos)
-            if leave_out is not None:  # training pair (u, i): i is in u's history, take it out
-                total -= self.hist_emb(leave_out)
-                count -= 1.0
+            rows = tf.gather(self.hist, uniq)  # (U, None) anime ids
+            if self.fast_grad and self.dense_history_grad and leave_out is not None:
+                total = self._history_sums_fast(rows, pos, leave_out)
+                count = tf.gather(tf.cast(rows.row_lengths(), tf.float32)[:, None], pos) - 1.0
+            else:
+                sums, counts = self._history_sums(rows)
+                total, count = tf.gather(sums, pos), tf.gather(counts, pos)
+                if leave_out is not None:  # training pair (u, i): i is in u's history, take it out
+                    total -= self.hist_emb(leave_out)
+                    count -= 1.0
             hist_mean = total / tf.maximum(count, 1.0)
         return self._user_head(self.user_id(users) if self.use_user_id else None, hist_mean)
 
@@ -186,6 +248,8 @@ class _TwoTowerModel(TFRSModel):
         Both sums are taken relative to the row maximum, and the result is floored at the target's
         own term (which it contains), so the subtraction cannot go negative by round-off."""
         c = self.item_tower(self.cand_ids)  # (N, dim): the whole candidate catalogue
+        if self.fast_grad:
+            return self._full_softmax_fast(q, c, users, items, weight)
         logits = tf.matmul(q, c, transpose_b=True) / self.temperature  # (B, N)
         target = tf.gather(self.cand_col, items)  # (B,) columns
         b = tf.shape(q)[0]
@@ -202,6 +266,79 @@ class _TwoTowerModel(TFRSModel):
         if weight is not None:
             ce *= weight
         return tf.reduce_sum(ce)
+
+    def _history_mask(self, users):
+        """(B, N) bool: True where column j is one of the pair's user's training anime. Rows of the
+        precomputed (users x candidates) table when it was small enough to build, else scattered
+        from the users' histories (B x |history| entries) for this batch."""
+        if self.mask_table is not None:
+            return tf.gather(self.mask_table, users)
+        h = tf.gather(self.hist_cols, users)
+        idx = tf.stack([tf.cast(h.value_rowids(), tf.int32), h.flat_values], axis=1)
+        shape = tf.stack([tf.shape(users)[0], tf.shape(self.cand_ids)[0]])
+        return tf.scatter_nd(idx, tf.ones_like(h.flat_values, tf.int8), shape) > 0
+
+    def _full_softmax_fast(self, q, c, users, items, weight=None):
+        """``full_softmax_loss``'s objective with a hand-written gradient and fewer (B x N) passes.
+
+        E = exp(logits - top) with the user's training anime zeroed (a dense boolean mask), the
+        target's own term added back, den = its row sum + the target's term; loss = top + log den -
+        target logit. ``top`` is the bound 1 / T (both towers output unit vectors, so every logit is
+        at most 1 / T; the ``-top`` is a 65th column of the matmul) unless 2 / T > 60, where the far
+        terms could underflow, and then the row maximum. The gradient, with s = g / (den T) per row
+        (g: the pair's weight): d q = s * (E c) + t c_target, d c = E^T (s * q) + the targets'
+        t q rows, t = s E_target [target masked] - g / T: two matmuls on E and B-row corrections,
+        no (B x N) temporary besides E. Autodiff of the reference builds several (B x N)
+        temporaries and scatters B x |history| entries into a dense (B x N) gradient.
+
+        Values equal ``full_softmax_loss``'s up to float round-off (the masked denominator is summed
+        directly instead of as a difference, so there is no floor to apply)."""
+        temperature = self.temperature
+        target = tf.gather(self.cand_col, items)  # (B,) columns
+        b = tf.shape(q)[0]
+        tgt_idx = tf.stack([tf.range(b), target], axis=1)
+        mask = self._history_mask(users) if self.mask_history else None
+        bound = 2.0 / temperature <= 60.0
+        g_w = weight
+
+        @tf.custom_gradient
+        def f(q, c):
+            qt = q / temperature
+            if bound:  # logits - 1/T in the matmul: [q/T, -1/T] . [c, 1]
+                top = tf.fill([b], 1.0 / temperature)
+                z = tf.matmul(tf.concat([qt, tf.fill([b, 1], -1.0 / temperature)], 1),
+                              tf.concat([c, tf.ones([tf.shape(c)[0], 1])], 1), transpose_b=True)
+            else:
+                logits = tf.matmul(qt, c, transpose_b=True)
+                top = tf.reduce_max(logits, axis=1)
+                z = logits - top[:, None]
+            zt = tf.reduce_sum(qt * tf.gather(c, target), axis=1) - top  # target logit - top
+            et = tf.exp(zt)
+            e = tf.exp(z)
+            if mask is not None:
+                e = tf.where(mask, tf.zeros_like(e), e)
+                t_in = tf.gather_nd(mask, tgt_idx)  # the target is one of the user's anime (always, in training)
+                den = tf.reduce_sum(e, axis=1) + tf.where(t_in, et, tf.zeros_like(et))
+            else:
+                den = tf.reduce_sum(e, axis=1)
+            ce = tf.math.log(den) - zt
+            if g_w is not None:
+                ce *= g_w
+
+            def grad(dy):
+                g = dy * (g_w if g_w is not None else tf.ones_like(den))  # d loss / d ce, (B,)
+                sc = g / (den * temperature)
+                # the target's column: + s E_target if masked out of e (added back), - g / T
+                t = (tf.where(t_in, sc * et, tf.zeros_like(sc)) if mask is not None else 0.0) - g / temperature
+                ct = tf.gather(c, target)
+                dq = sc[:, None] * tf.matmul(e, c) + t[:, None] * ct
+                dc = tf.matmul(e, sc[:, None] * q, transpose_a=True)
+                dc += tf.math.unsorted_segment_sum(t[:, None] * q, target, tf.shape(c)[0])
+                return dq, dc
+
+            return tf.reduce_sum(ce), grad
+
+        return f(q, c)
 
     def compute_loss(self, inputs, training=False):
         users, items = inputs["user"], inputs["item"]
@@ -259,6 +396,9 @@ class TwoTower(KerasRecommender):
         user_id: give the user tower a user-id embedding; False = the history alone (any user's
             vector from their anime: ``encode_history``).
         user_layers: sizes of ReLU layers between the user tower's input and its projection.
+        fast_grad: hand-written gradients of the full softmax and of the history sums (the same
+            objective and loss, gradients equal up to float round-off; several times faster).
+            False: TF's autodiff of the same loss (the code before this option existed).
         epochs, batch_size, learning_rate, patience, ...: see ``KerasRecommender``.
     """
 
@@ -274,7 +414,7 @@ class TwoTower(KerasRecommender):
                  synopsis_vocab: int = 5000, temperature: float = 0.2, sampling_correction: bool = True,
                  rating_weight: float = 0.0, l2: float = 0.0, val_k: int = 10, val_users: int = 2000,
                  loss: str = "full_softmax", mask_history: bool = True, user_id: bool = True,
-                 user_layers: list = (), seed: int = 0, **train):
+                 user_layers: list = (), fast_grad: bool = True, seed: int = 0, **train):
         super().__init__(seed=seed, **train)
         bad = [f for f in side_features if f not in _FEATURES]
         if bad:
@@ -294,6 +434,7 @@ class TwoTower(KerasRecommender):
         self.mask_history = bool(mask_history)
         self.user_id = bool(user_id)
         self.user_layers = [int(n) for n in user_layers]
+        self.fast_grad = bool(fast_grad)
         self.monitor = f"val_ndcg_at_{int(val_k)}"
         self.dim, self.id_dim = int(dim), int(id_dim)
         self.use_history = bool(use_history)
@@ -343,7 +484,9 @@ class TwoTower(KerasRecommender):
                               self.feature_dims, tuple(self.side_features), self.use_history, st["hist_indptr"],
                               st["hist_items"], st["trained_items"], log_q.astype(np.float32), self.temperature,
                               self.l2, self.val_k, loss=self.loss, mask_history=self.mask_history,
-                              user_id=self.user_id, user_layers=self.user_layers)
+                              user_id=self.user_id, user_layers=self.user_layers, fast_grad=self.fast_grad,
+                              # lazy_adam updates only the rows of a sparse gradient: keep it sparse
+                              dense_history_grad=self.optimizer != "lazy_adam")
 
     def after_fit(self) -> None:
         m = self.model
