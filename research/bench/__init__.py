@@ -14,6 +14,7 @@
 | ``rating_models`` | embedding_dot / svdpp / autorec / blend fit time, train / predict rows/s, peak RSS: sample, 5k |
 | ``distributed`` | embedding_dot ex/s: no strategy, 1 and 2 local workers (overhead here), gradient bytes per step |
 | ``fullsize_models`` | classical models, implicit ALS, Surprise SVD on a 57M-row synthetic: fit s, peak RSS |
+| ``two_tower_speed`` | two_tower full-softmax ex/s, epoch s: autodiff vs hand-written gradient, 5k and 10M synthetic |
 
 Each is ``research.bench.<name>``, but ``time_to_accuracy`` (in ``bench.peers``) and ``throughput``
 (``run_throughput`` below, over ``bench.throughput``'s functions).
@@ -46,6 +47,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "rating_models": ("research.bench.rating_models", "run", "markdown"),
     "distributed": ("research.bench.distributed", "run", "markdown"),
     "fullsize_models": ("research.bench.fullsize_models", "run", "markdown"),
+    "two_tower_speed": ("research.bench.two_tower_speed", "run", "markdown"),
 }
 DEFAULT = ("peers", "time_to_accuracy", "throughput", "neighbors", "serving")
 
