@@ -1,5 +1,8 @@
 """What every Keras / TFRS model of the project shares: ``KerasRecommender`` and ``TFRSModel``.
 
+The wrapper is here, its pieces beside it (``tfrs_model.py``, ``optimizers.py``, ``callbacks.py``,
+``multiworker.py``, ``projector.py``, ``files.py``); the models import their names from here.
+
 A Keras recommender is two objects:
 
 - a ``tf.keras.Model`` (usually a ``TFRSModel``: a ``tfrs.Model`` whose logged ``loss`` is the
@@ -41,14 +44,10 @@ Logging and checkpoints (only when folders are set):
   ``(seed, epoch)``). The folder is emptied when a fit completes, and wiped if it holds the state of
   a different configuration.
 
-Multi-worker (only when ``TF_CONFIG`` is set; see ``research.distributed`` and docs/DISTRIBUTED.md):
-``fit`` builds and compiles the model under ``MultiWorkerMirroredStrategy``'s scope, feeds each worker
-its slices of the same global batches (``InMemoryPipeline.distributed_dataset``),
-``TFRSModel.train_step`` weights each replica's mean loss by its share of the global batch (the
-summed gradient is the one-worker gradient of that batch), and each worker keeps its own
-checkpoints (``_WorkerBackupAndRestore``; a non-chief's ``log_dir`` is its scratch folder). Models
-that are not right under the strategy raise ``ConfigError`` naming why (``distributed.MULTI_WORKER``).
-Without ``TF_CONFIG`` none of this runs and the fit is the same as before.
+Multi-worker (only when ``TF_CONFIG`` is set; ``multiworker.py``, docs/DISTRIBUTED.md): ``fit``
+builds and compiles under ``MultiWorkerMirroredStrategy``'s scope, feeds each worker its slices of
+the same global batches, and each worker keeps its own checkpoints. Without ``TF_CONFIG`` none of
+this runs.
 """
 from __future__ import annotations
 
@@ -56,7 +55,6 @@ import contextlib
 import dataclasses
 import inspect
 import json
-import math
 import os
 import shutil
 import time
@@ -72,271 +70,23 @@ from research.data import tfdata
 from research.data.interactions import Interactions, Meta
 from research.errors import ConfigError
 from research.models.base import Recommender
+from research.models.keras.callbacks import _EarlyStopping, _History, builtin_callbacks
+from research.models.keras.files import _class_path, _json_default, _write_json
+from research.models.keras.multiworker import _allow_batch_means, agree_on_fit, strategy_for
+from research.models.keras.optimizers import LazyAdam, make_optimizer
+from research.models.keras.projector import write_projector
+from research.models.keras.tfrs_model import TFRSModel
 from research.results import save_npz
 from research.seeding import child_seed, seed_everything
+
+#: what the model modules import from here, besides the wrapper
+__all__ = ["KerasRecommender", "LazyAdam", "TFRSModel", "tf", "tfrs"]
 
 _STATE_FILE = "keras_model.json"
 _WEIGHTS_FILE = "weights.npz"
 _ARRAYS_FILE = "arrays.npz"
 
 
-class TFRSModel(tfrs.Model):
-    """A ``tfrs.Model`` whose ``loss`` log is the mean over the epoch's examples.
-
-    ``tfrs.Model.train_step`` reports the last batch's loss as ``loss``; here ``loss`` is a running
-    mean over the epoch, weighted by batch size (so for a per-example-mean loss it is the epoch's
-    per-example loss). Layer regularisation losses (``self.losses``) are included in ``loss``.
-    Task metrics (e.g. ``rmse``) are logged as usual. Subclasses implement
-    ``compute_loss(inputs, training)`` and ``call(inputs)`` (predictions, for saving / loading).
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
-
-    @staticmethod
-    def _batch_size(inputs):
-        return tf.cast(tf.shape(tf.nest.flatten(inputs)[0])[0], tf.float32)
-
-    def _step_logs(self, loss, reg, inputs):
-        n = self._batch_size(inputs)
-        if tf.distribute.get_strategy().num_replicas_in_sync > 1:
-            loss = tf.where(n > 0, loss, tf.zeros_like(loss))  # an empty replica batch (weight 0)
-        self.loss_tracker.update_state(loss + reg, sample_weight=n)
-        return {m.name: m.result() for m in self.metrics}
-
-    def train_step(self, inputs):
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            loss = self.compute_loss(inputs, training=True)
-            reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
-            if replicas > 1:
-                total = self._replica_objective(loss, reg, inputs, replicas)
-            else:
-                total = loss + reg
-        grads = tape.gradient(total, self.trainable_variables)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return self._step_logs(loss, reg, inputs)
-
-    def _replica_objective(self, loss, reg, inputs, replicas):
-        """Under a tf.distribute strategy with ``replicas`` replicas, the part of the global batch's
-        objective this replica differentiates: the optimizer sums the replicas' gradients, so the
-        per-example-mean ``loss`` of this replica's n rows is weighted by n / N (N: the rows of the
-        global batch, all-reduced) and the layer penalties, counted once per step, by 1 / replicas.
-        The sum over replicas is the one-worker objective of the same global batch. A replica with
-        no rows this step (a last batch smaller than the replica count) contributes nothing."""
-        n = self._batch_size(inputs)
-        total_n = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, n)
-        share = tf.math.divide_no_nan(n, total_n)
-        loss = tf.where(n > 0, loss, tf.zeros_like(loss))  # an empty batch's mean is NaN
-        return share * loss + reg / float(replicas)
-
-    def test_step(self, inputs):
-        loss = self.compute_loss(inputs, training=False)
-        reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
-        return self._step_logs(loss, reg, inputs)
-
-
-class LazyAdam(tf.keras.optimizers.Adam):
-    """Adam that, for sparse (embedding) gradients, updates only the rows in the batch.
-
-    Keras' Adam decays the moments of every row of a table at every step, even for a sparse
-    gradient: the step costs O(table) and dominates small batches on large tables. Here rows absent
-    from the batch keep their moments and values (as TF-Addons' LazyAdam); dense gradients use
-    Adam unchanged. Duplicate indices in a batch are summed first.
-    """
-
-    def update_step(self, gradient, variable):
-        if not isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable)
-        dtype = variable.dtype
-        lr = tf.cast(self.learning_rate, dtype)
-        step = tf.cast(self.iterations + 1, dtype)
-        b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        key = self._var_key(variable)
-        m = self._momentums[self._index_dict[key]]
-        v = self._velocities[self._index_dict[key]]
-        alpha = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
-        rows, pos = tf.unique(gradient.indices)
-        g = tf.math.unsorted_segment_sum(gradient.values, pos, tf.shape(rows)[0])
-        m_rows = b1 * tf.gather(m, rows) + (1 - b1) * g
-        v_rows = b2 * tf.gather(v, rows) + (1 - b2) * tf.square(g)
-        m.scatter_update(tf.IndexedSlices(m_rows, rows))
-        v.scatter_update(tf.IndexedSlices(v_rows, rows))
-        variable.scatter_sub(tf.IndexedSlices(alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
-
-
-# ---- callbacks ----------------------------------------------------------------------------
-class _History(tf.keras.callbacks.Callback):
-    """Per-epoch logs as plain lists; persisted in ``state_dir`` so a resumed fit keeps them."""
-
-    def __init__(self, state_dir: Path | None):
-        super().__init__()
-        self.state_dir = state_dir
-        self.logs: dict[str, list] = {}
-        self._checked = False
-
-    def _path(self):
-        return self.state_dir / "history.json" if self.state_dir else None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._checked:
-            return
-        self._checked = True
-        # resumed at ``epoch``: take the persisted entries of the epochs before it
-        p = self._path()
-        if epoch > 0 and p is not None and p.exists():
-            saved = json.loads(p.read_text())
-            if len(saved.get("epoch", [])) >= epoch:
-                self.logs = {k: v[:epoch] for k, v in saved.items()}
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.logs.setdefault("epoch", []).append(epoch + 1)
-        n = len(self.logs["epoch"])
-        for k, v in (logs or {}).items():
-            col = self.logs.setdefault(k, [])
-            col.extend([math.nan] * (n - 1 - len(col)))
-            col.append(float(v))
-        if self._path() is not None:
-            _write_json(self._path(), self.logs)
-
-
-class _EarlyStopping(tf.keras.callbacks.Callback):
-    """Early stopping on ``monitor`` that restores the best epoch's weights at the end of training,
-    and whose state (best value, epoch, wait, best weights) survives an interruption."""
-
-    def __init__(self, monitor: str, mode: str, patience: int, min_delta: float, state_dir: Path | None):
-        super().__init__()
-        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, int(patience), float(min_delta)
-        self.state_dir = state_dir
-        self.best = math.inf if mode == "min" else -math.inf
-        self.best_epoch = -1
-        self.wait = 0
-        self.best_weights = None
-        self.stopped_epoch = -1
-        self._checked = False
-
-    def _better(self, value) -> bool:
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if self._checked:
-            return
-        self._checked = True
-        if epoch > 0 and self.state_dir is not None and (self.state_dir / "early_stopping.json").exists():
-            st = json.loads((self.state_dir / "early_stopping.json").read_text())
-            if st["epoch"] == epoch - 1:  # written at the end of the epoch the checkpoint holds
-                self.best, self.best_epoch, self.wait = st["best"], st["best_epoch"], st["wait"]
-                with np.load(self.state_dir / "best_weights.npz") as z:
-                    self.best_weights = [z[f"w{i}"] for i in range(len(z.files))]
-
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is None:
-            raise ConfigError(f"early stopping monitors {self.monitor!r}, but the logs only have "
-                              f"{sorted(logs or {})}")
-        value = float(value)
-        if self._better(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            self.best_weights = self.model.get_weights()
-            if self.state_dir is not None:
-                save_npz(self.state_dir / "best_weights.npz", {f"w{i}": w for i, w in enumerate(self.best_weights)})
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                self.stopped_epoch = epoch
-                self.model.stop_training = True
-        if self.state_dir is not None:
-            _write_json(self.state_dir / "early_stopping.json",
-                        {"epoch": epoch, "best": self.best, "best_epoch": self.best_epoch, "wait": self.wait})
-
-    def on_train_end(self, logs=None):
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
-
-
-class _WorkerBackupAndRestore(tf.keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` whose backups are this worker's own, on every worker of a multi-worker fit.
-
-    Keras' callback saves only on the chief; the other workers write to a temporary folder that is
-    deleted right away, and all restore from the one folder (a file system every host shares).
-    Here each worker's ``backup_dir`` is its own (the chief's in the run folder, the others' in
-    their scratch folders, see ``research.distributed``), so each saves where it restores from: the
-    replicas hold the same weights, so each worker's copy is the model, and no shared file system
-    is needed."""
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        state = self._training_state
-        state.write_checkpoint_manager = state.read_checkpoint_manager
-
-
-class _StartEpoch(tf.keras.callbacks.Callback):
-    """The first epoch of a multi-worker fit: 0, or the one after the epoch this worker's backup
-    holds (Keras' own rule for ``save_freq="epoch"``). At train begin (after ``BackupAndRestore``
-    restored) it sets the pipeline's epoch, which the continuous distributed dataset starts from,
-    and checks that every worker starts at the same epoch: otherwise their steps would not pair up,
-    and a worker would wait for ever on a collective the others never start (no heartbeat fails).
-    One all-gather of a number per fit."""
-
-    def __init__(self, strategy, pipeline):
-        super().__init__()
-        self.strategy, self.pipeline = strategy, pipeline
-
-    def on_train_begin(self, logs=None):
-        state = getattr(self.model, "_training_state", None)
-        saved = int(state._ckpt_saved_epoch.numpy()) if state is not None else -1
-        start = saved + 1 if saved >= 0 else 0
-        self.pipeline.set_epoch(start)
-        s = self.strategy
-
-        def mine():
-            return tf.constant([start], tf.int64)
-
-        @tf.function(autograph=False)
-        def gather():
-            return s.gather(s.run(mine), axis=0)
-
-        starts = gather().numpy()
-        lo, hi = int(starts.min()), int(starts.max())
-        if lo != hi:
-            from research import distributed
-
-            kind, index = distributed.task()
-            raise ConfigError(f"the workers resume at different epochs ({lo + 1} to {hi + 1}; "
-                              f"{kind} {index} at {start + 1}): their checkpoint folders hold different states; "
-                              f"delete them (the run folder's ckpt/ and {distributed.scratch_root().parent}) "
-                              f"to start over")
-
-
-def _allow_batch_means(model: tf.keras.Model) -> None:
-    """Let the Keras losses inside ``model`` (e.g. a TFRS task's) average over the batch under a
-    strategy, as ``compile()`` lets its own: Keras refuses it outside the built-in loss because the
-    mean would then be over a replica's batch only. ``TFRSModel.train_step`` weights that mean by
-    the replica's share of the global batch (``_replica_objective``), which makes it right."""
-    for layer in model._flatten_layers(include_self=True):
-        for value in vars(layer).values():
-            if isinstance(value, tf.keras.losses.Loss):
-                value._allow_sum_over_batch_size = True
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default))
-    tmp.replace(path)
-
-
-def _json_default(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-# ---- the wrapper --------------------------------------------------------------------------
 class KerasRecommender(Recommender):
     """Base class of the Keras / TFRS recommenders (see the module docstring for the contract).
 
@@ -389,14 +139,7 @@ class KerasRecommender(Recommender):
 
     def make_optimizer(self) -> tf.keras.optimizers.Optimizer:
         """The optimizer named by ``self.optimizer`` at ``learning_rate``."""
-        name = self.optimizer
-        if name == "lazy_adam":
-            return LazyAdam(learning_rate=self.learning_rate)
-        if name == "adagrad":
-            return tf.keras.optimizers.Adagrad(learning_rate=self.learning_rate)
-        if name == "sgd":
-            return tf.keras.optimizers.SGD(learning_rate=self.learning_rate)
-        return tf.keras.optimizers.Adam(learning_rate=self.learning_rate)
+        return make_optimizer(self.optimizer, self.learning_rate)
 
     def after_fit(self) -> None:
         """Called after ``fit`` and ``load``: e.g. copy weights to numpy for fast scoring."""
@@ -431,16 +174,6 @@ class KerasRecommender(Recommender):
         return None
 
     # ---- fitting -------------------------------------------------------------------------
-    def _strategy(self):
-        """The ``tf.distribute`` strategy to train under: None without ``TF_CONFIG``; else
-        ``research.distributed.strategy()``, once this model is known to train correctly under it."""
-        if not os.environ.get("TF_CONFIG"):
-            return None
-        from research import distributed
-
-        distributed.check_supported(self)
-        return distributed.strategy()
-
     def _compile(self) -> None:
         self.model = self.build_model()
         self.model.compile(optimizer=self.make_optimizer(), jit_compile=self.jit_compile)
@@ -462,13 +195,9 @@ class KerasRecommender(Recommender):
         t0 = time.perf_counter()
         epochs = self.epochs if epochs is None else int(epochs)
         stop_early = self.early_stopping if early_stopping is None else bool(early_stopping)
-        strategy = self._strategy()  # None unless TF_CONFIG is set (research.distributed)
+        strategy = strategy_for(self)  # None unless TF_CONFIG is set (research.distributed)
         if strategy is not None:  # every worker at this same fit, or a clear error (not a hang)
-            from research import distributed
-
-            distributed.agree("model fit", json.dumps(
-                {"class": _class_path(type(self)), "config": self.get_config(), "rows": len(train),
-                 "val_rows": len(val) if val is not None else 0, "epochs": epochs}, default=_json_default))
+            agree_on_fit(self, train, val, epochs)
         seed_everything(self.seed, tensorflow=True)
         self.meta = train.meta
         self.fit_state = dict(self.prepare(train) or {})
@@ -503,21 +232,11 @@ class KerasRecommender(Recommender):
         if ckpt is not None:
             self._claim_checkpoint_dir(ckpt, train, epochs, stop_early)
         hist = _History(ckpt)
-        cbs = [pipe.callback(), hist]
         stopper = None
         if stop_early:
             monitor = self.monitor if self.monitor.startswith("val_") else "val_" + self.monitor
             stopper = _EarlyStopping(monitor, self.monitor_mode, self.patience, self.min_delta, ckpt)
-            cbs.append(stopper)
-        if self.log_dir:
-            cbs.append(tf.keras.callbacks.TensorBoard(log_dir=str(self.log_dir), histogram_freq=0,
-                                                      write_graph=False, update_freq="epoch", profile_batch=0))
-        if ckpt is not None:
-            # last of the built-ins: the weights it saves at epoch end match the states saved above
-            backup = tf.keras.callbacks.BackupAndRestore if strategy is None else _WorkerBackupAndRestore
-            cbs.append(backup(str(ckpt / "backup"), save_freq="epoch", delete_checkpoint=True))
-        if strategy is not None:
-            cbs.append(_StartEpoch(strategy, pipe))
+        cbs = builtin_callbacks(pipe, hist, stopper, log_dir=self.log_dir, ckpt=ckpt, strategy=strategy)
         cbs.extend(callbacks)
         try:
             self.model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=cbs, verbose=self.verbose,
@@ -600,44 +319,13 @@ class KerasRecommender(Recommender):
         Returns:
             The folder written.
         """
-        from tensorboard.plugins import projector
-
-        from research import tb
-
         vecs = self.item_vectors()
         if vecs is None:
             raise NotImplementedError(f"{type(self).__name__} has no item vectors")
-        log_dir = Path(log_dir or self.log_dir)
-        log_dir.mkdir(parents=True, exist_ok=True)
         if items is None:
             trained = self.fit_state.get("trained_items")
             items = np.flatnonzero(trained) if trained is not None else np.arange(len(vecs))
-        items = np.asarray(items, dtype=np.int64)
-        names = self.meta.item_names(items)
-        ids = self.meta.items.ids(items)
-        clean = lambda s: str(s).replace("\t", " ").replace("\n", " ").replace("\r", " ")  # noqa: E731
-        with open(log_dir / "metadata.tsv", "w", encoding="utf-8") as fh:
-            fh.write("name\tanime_id\n")
-            for name, i in zip(names, ids):
-                fh.write(f"{clean(name)}\t{i}\n")
-        table = np.asarray(vecs)[items].astype(np.float32)
-        # The projector reads the vectors from embedding.tsv, named relative to the config, so the
-        # folder can move. No checkpoint state file ("checkpoint"): with one, the projector would also
-        # attach these vectors, without names, to the train/ and validation/ runs below (it looks for a
-        # checkpoint in a run's parent folder). The same vectors as a TF checkpoint: embedding.ckpt-1.
-        np.savetxt(log_dir / "embedding.tsv", table, delimiter="\t", fmt="%.7g")
-        (log_dir / "checkpoint").unlink(missing_ok=True)  # an older export's state file
-        tf.train.Checkpoint(embedding=tf.Variable(table, name="item_embedding")).write(
-            str(log_dir / "embedding.ckpt-1"))
-        config = projector.ProjectorConfig()
-        emb = config.embeddings.add()
-        emb.tensor_name = "item_embedding"
-        emb.tensor_path = "embedding.tsv"
-        emb.tensor_shape.extend(table.shape)
-        emb.metadata_path = "metadata.tsv"
-        projector.visualize_embeddings(str(log_dir), config)
-        tb.mark_run(log_dir)  # the projector only reads configs in the folders of runs
-        return log_dir
+        return write_projector(Path(log_dir or self.log_dir), vecs, items, self.meta)
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, path) -> None:
@@ -706,6 +394,3 @@ def _train_attribute(name: str):
 for _field in dataclasses.fields(TrainConfig):  # self.epochs, self.batch_size, ... read self.train
     setattr(KerasRecommender, _field.name, _train_attribute(_field.name))
 
-
-def _class_path(klass) -> str:
-    return f"{klass.__module__}:{klass.__qualname__}"
