@@ -1,5 +1,10 @@
 """``two_tower``: retrieval with a user tower and an anime tower (TFRS).
 
+Size: one module because it is one model: the towers (with the hand-written gradient of the
+history sums), the Keras model around them and the wrapper that feeds them, plus this docstring's
+record of how the defaults were chosen; the full-softmax loss and its gradient are
+``full_softmax.py``.
+
 - Anime tower: an anime-id embedding (initialised at zero, so an anime nobody interacted with is
   embedded by its features alone) concatenated with the side features of ``features.item_encoder``
   (genres, studios, type, source, log episodes, the top TF-IDF terms of the synopsis), then a
@@ -79,6 +84,7 @@ import numpy as np
 
 from research.data.interactions import Interactions
 from research.errors import ConfigError
+from research.models.keras import full_softmax
 from research.models.keras.common import KerasRecommender, TFRSModel, tf, tfrs
 from research.models.keras.features import build_item_features, item_encoder
 from research.models.keras.validation import ndcg_at_k, validation_targets
@@ -142,10 +148,8 @@ class _TwoTowerModel(TFRSModel):
         # the fast path's history mask: a (users x candidates) boolean table when it is small
         self.mask_table = None
         if self.fast_grad and self.mask_history and n_users * len(cand) <= _MASK_TABLE_BYTES:
-            table = np.zeros((n_users, len(cand)), np.bool_)
-            h = np.asarray(hist_indptr, np.int64)
-            table[np.repeat(np.arange(n_users), np.diff(h)), col[np.asarray(hist_items, np.int64)]] = True
-            self.mask_table = tf.constant(table)
+            cols = col[np.asarray(hist_items, np.int64)]
+            self.mask_table = tf.constant(full_softmax.history_mask_table(n_users, len(cand), hist_indptr, cols))
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
         self.ndcg = tf.keras.metrics.Mean(name=f"ndcg_at_{val_k}")
 
@@ -241,31 +245,14 @@ class _TwoTowerModel(TFRSModel):
     def full_softmax_loss(self, q, users, items, weight=None):
         """Sum over the batch of ``weight * -log softmax(q C^T / T)[i]``, C the anime-tower vectors of
         every candidate anime (computed once per batch); with ``mask_history`` the user's other
-        training anime are left out of the denominator. No logQ: nothing is sampled.
-
-        The masked denominator is the full one minus the history terms, gathered (B x |history|)
-        rather than written into a (B x N) mask: the dense mask cost as much as the rest of the step.
-        Both sums are taken relative to the row maximum, and the result is floored at the target's
-        own term (which it contains), so the subtraction cannot go negative by round-off."""
+        training anime are left out of the denominator (``full_softmax.full_softmax_loss``; with
+        ``fast_grad``, ``full_softmax.full_softmax_fast``)."""
         c = self.item_tower(self.cand_ids)  # (N, dim): the whole candidate catalogue
         if self.fast_grad:
             return self._full_softmax_fast(q, c, users, items, weight)
-        logits = tf.matmul(q, c, transpose_b=True) / self.temperature  # (B, N)
         target = tf.gather(self.cand_col, items)  # (B,) columns
-        b = tf.shape(q)[0]
-        top = tf.stop_gradient(tf.reduce_max(logits, axis=1))
-        tgt = tf.gather_nd(logits, tf.stack([tf.range(b), target], axis=1))
-        den = tf.reduce_sum(tf.exp(logits - top[:, None]), axis=1)
-        if self.mask_history:
-            h = tf.gather(self.hist_cols, users)  # (B, None): each pair's user's training anime
-            row = tf.cast(h.value_rowids(), tf.int32)
-            other = tf.exp(tf.gather_nd(logits, tf.stack([row, h.flat_values], axis=1)) - tf.gather(top, row))
-            other = tf.where(h.flat_values == tf.gather(target, row), tf.zeros_like(other), other)
-            den = tf.maximum(den - tf.math.unsorted_segment_sum(other, row, b), tf.exp(tgt - top))
-        ce = top + tf.math.log(den) - tgt
-        if weight is not None:
-            ce *= weight
-        return tf.reduce_sum(ce)
+        history = tf.gather(self.hist_cols, users) if self.mask_history else None
+        return full_softmax.full_softmax_loss(q, c, target, self.temperature, history, weight)
 
     def _history_mask(self, users):
         """(B, N) bool: True where column j is one of the pair's user's training anime. Rows of the
@@ -273,72 +260,14 @@ class _TwoTowerModel(TFRSModel):
         from the users' histories (B x |history| entries) for this batch."""
         if self.mask_table is not None:
             return tf.gather(self.mask_table, users)
-        h = tf.gather(self.hist_cols, users)
-        idx = tf.stack([tf.cast(h.value_rowids(), tf.int32), h.flat_values], axis=1)
-        shape = tf.stack([tf.shape(users)[0], tf.shape(self.cand_ids)[0]])
-        return tf.scatter_nd(idx, tf.ones_like(h.flat_values, tf.int8), shape) > 0
+        return full_softmax.scattered_history_mask(tf.gather(self.hist_cols, users), tf.shape(users)[0],
+                                                   tf.shape(self.cand_ids)[0])
 
     def _full_softmax_fast(self, q, c, users, items, weight=None):
-        """``full_softmax_loss``'s objective with a hand-written gradient and fewer (B x N) passes.
-
-        E = exp(logits - top) with the user's training anime zeroed (a dense boolean mask), the
-        target's own term added back, den = its row sum + the target's term; loss = top + log den -
-        target logit. ``top`` is the bound 1 / T (both towers output unit vectors, so every logit is
-        at most 1 / T; the ``-top`` is a 65th column of the matmul) unless 2 / T > 60, where the far
-        terms could underflow, and then the row maximum. The gradient, with s = g / (den T) per row
-        (g: the pair's weight): d q = s * (E c) + t c_target, d c = E^T (s * q) + the targets'
-        t q rows, t = s E_target [target masked] - g / T: two matmuls on E and B-row corrections,
-        no (B x N) temporary besides E. Autodiff of the reference builds several (B x N)
-        temporaries and scatters B x |history| entries into a dense (B x N) gradient.
-
-        Values equal ``full_softmax_loss``'s up to float round-off (the masked denominator is summed
-        directly instead of as a difference, so there is no floor to apply)."""
-        temperature = self.temperature
+        """``full_softmax_loss``'s objective with a hand-written gradient (``full_softmax.full_softmax_fast``)."""
         target = tf.gather(self.cand_col, items)  # (B,) columns
-        b = tf.shape(q)[0]
-        tgt_idx = tf.stack([tf.range(b), target], axis=1)
         mask = self._history_mask(users) if self.mask_history else None
-        bound = 2.0 / temperature <= 60.0
-        g_w = weight
-
-        @tf.custom_gradient
-        def f(q, c):
-            qt = q / temperature
-            if bound:  # logits - 1/T in the matmul: [q/T, -1/T] . [c, 1]
-                top = tf.fill([b], 1.0 / temperature)
-                z = tf.matmul(tf.concat([qt, tf.fill([b, 1], -1.0 / temperature)], 1),
-                              tf.concat([c, tf.ones([tf.shape(c)[0], 1])], 1), transpose_b=True)
-            else:
-                logits = tf.matmul(qt, c, transpose_b=True)
-                top = tf.reduce_max(logits, axis=1)
-                z = logits - top[:, None]
-            zt = tf.reduce_sum(qt * tf.gather(c, target), axis=1) - top  # target logit - top
-            et = tf.exp(zt)
-            e = tf.exp(z)
-            if mask is not None:
-                e = tf.where(mask, tf.zeros_like(e), e)
-                t_in = tf.gather_nd(mask, tgt_idx)  # the target is one of the user's anime (always, in training)
-                den = tf.reduce_sum(e, axis=1) + tf.where(t_in, et, tf.zeros_like(et))
-            else:
-                den = tf.reduce_sum(e, axis=1)
-            ce = tf.math.log(den) - zt
-            if g_w is not None:
-                ce *= g_w
-
-            def grad(dy):
-                g = dy * (g_w if g_w is not None else tf.ones_like(den))  # d loss / d ce, (B,)
-                sc = g / (den * temperature)
-                # the target's column: + s E_target if masked out of e (added back), - g / T
-                t = (tf.where(t_in, sc * et, tf.zeros_like(sc)) if mask is not None else 0.0) - g / temperature
-                ct = tf.gather(c, target)
-                dq = sc[:, None] * tf.matmul(e, c) + t[:, None] * ct
-                dc = tf.matmul(e, sc[:, None] * q, transpose_a=True)
-                dc += tf.math.unsorted_segment_sum(t[:, None] * q, target, tf.shape(c)[0])
-                return dq, dc
-
-            return tf.reduce_sum(ce), grad
-
-        return f(q, c)
+        return full_softmax.full_softmax_fast(q, c, target, self.temperature, mask, weight)
 
     def compute_loss(self, inputs, training=False):
         users, items = inputs["user"], inputs["item"]
