@@ -1,7 +1,8 @@
 """``animerec tensorboard`` against the real server: a small run (embedding_dot, 2 epochs, and a
 classical model, on synthetic data), served by the command in a subprocess on a free port; TensorBoard's
 own HTTP data endpoints must show the epoch scalars, one HParams session per model with its test
-metrics, and the projector's embedding with anime names; SIGTERM to animerec must stop the child."""
+metrics (model, seed, type and the test metrics as the first columns), and the projector's embedding
+with anime names; SIGTERM to animerec must stop the child (and remove the served experiment config)."""
 import json
 import os
 import signal
@@ -81,6 +82,17 @@ def test_real_server_shows_scalars_hparams_projector_and_stops(tiny_run):
         assert "epoch_loss" in tags["logs/embedding_dot/validation"]
         assert "test/rmse" in tags["logs/embedding_dot"] and "test/ndcg@10" in tags["logs/popularity"]
 
+        # HParams' columns: the served experiment config, model / seed / type and test metrics first
+        # (the dashboard shows the first five of each), every session's parameters and metrics in it
+        req = json.dumps({"experimentName": "", "hparamsLimit": 1000, "includeMetrics": True}).encode()
+        exp = json.loads(_get(port, "/data/plugin/hparams/experiment", req))
+        hnames = [h["name"] for h in exp["hparamInfos"]]
+        assert hnames[:3] == ["model", "seed", "type"] and {"dim", "epochs", "experiment"} <= set(hnames)
+        mnames = [(m["name"].get("group", ""), m["name"]["tag"]) for m in exp["metricInfos"]]
+        assert all(g == "" and t.startswith("test/") for g, t in mnames[:5]), mnames
+        assert ("", "test/ndcg@10") in mnames and ("train", "epoch_loss") in mnames
+        assert (tiny_run / "hparams_columns").is_dir()
+
         # HParams: one session per model, with its parameters and its test metrics
         req = json.dumps({"experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN"], "colParams": [],
                           "startIndex": 0, "sliceSize": 100, "includeMetrics": True}).encode()
@@ -118,6 +130,7 @@ def test_real_server_shows_scalars_hparams_projector_and_stops(tiny_run):
         while _alive(child) and time.time() < deadline:
             time.sleep(0.2)
         assert not _alive(child), "the tensorboard child outlived animerec"
+        assert not (tiny_run / "hparams_columns").exists()  # the config is the server's, removed
     finally:
         if proc.poll() is None:
             proc.kill()
