@@ -60,20 +60,23 @@ at 0.05 both losses peak within a few epochs and overfit; at 0.2 they climb for 
 climb has a dip around epochs 4-8, which patience 4 mistook for the peak; hence patience 8). At
 equal epochs (40) the two losses are level; the full softmax keeps improving after that.
 Cost (2 shared cores, under load ~4.5-5 from another job; cooperunion_5k seed-0 split: 374,838
-training pairs, 7,080 candidates, batch 1,024, 367 steps an epoch, validation included):
-``fast_grad = True`` (the default, hand-written gradients of the same loss) 54 / 45.5 s an epoch
-(7,522 pairs/s) against 116 / 116 s (3,240 pairs/s) for TF's autodiff (``fast_grad = False``, the
-code before the option), with identical epoch losses (7603.28, 7212.64, 7106.69) and validation
-ndcg@10 over 3 epochs; on the mal2020 sample (seed 0, 12 epochs, patience off, ``experiments/val_probe.py``) both reach validation ndcg@10 0.1129, in 288 s against 754 s. The committed two_tower tables were made with the autodiff path: over 60 epochs the two paths' float32 round-off may move their last digits. Where a step's time went (autodiff, one batch, CPU ms): the (B x N) softmax
-and its gradient ~115-145 (of which the three matmuls ~45, one exp over B x N ~14, a scatter of
-the B x |history| masked entries, ~220k, into a dense (B x N) gradient ~35), the user tower's
-history sums ~55-65 (an unsorted segment sum of ~140k history rows ~20, and the optimizer's
-``tf.unique`` deduplication of their IndexedSlices gradient ~30), the anime tower over all
-candidates with its side features ~15-25, validation ~0.6 s an epoch. The fast path: a dense
-boolean history mask (a users x candidates table, or scattered per batch when that would exceed
-256 MB), the bound 1 / T instead of the row maximum, d q = s * (E c) and d c = E^T (s * q) with no
-(B x N) gradient temporary, a sorted segment sum and a dense gradient for the history table (not
-for ``lazy_adam``, whose sparse update differs). ``research/bench/two_tower_speed.py`` measures it.
+training pairs, 7,080 candidates, batch 1,024, 367 steps an epoch, validation included): ``fast_grad
+= True`` (the default, hand-written gradients of the same loss) 54 / 45.5 s an epoch (7,522 pairs/s)
+against 116 / 116 s (3,240 pairs/s) for TF's autodiff (``fast_grad = False``, the code before the
+option), with identical epoch losses (7603.28, 7212.64, 7106.69) and validation ndcg@10 over 3
+epochs; on the mal2020 sample (seed 0, 12 epochs, patience off, ``experiments/val_probe.py``) both
+reach validation ndcg@10 0.1129, in 288 s against 754 s. The committed two_tower tables were made
+with the autodiff path: over 60 epochs the two paths' float32 round-off may move their last digits.
+Where a step's time went (autodiff, one batch, CPU ms): the (B x N) softmax and its gradient
+~115-145 (of which the three matmuls ~45, one exp over B x N ~14, a scatter of the B x |history|
+masked entries, ~220k, into a dense (B x N) gradient ~35), the user tower's history sums ~55-65 (an
+unsorted segment sum of ~140k history rows ~20, and the optimizer's ``tf.unique`` deduplication of
+their IndexedSlices gradient ~30), the anime tower over all candidates with its side features
+~15-25, validation ~0.6 s an epoch. The fast path: a dense boolean history mask (a users x
+candidates table, or scattered per batch when that would exceed 256 MB), the bound 1 / T instead of
+the row maximum, d q = s * (E c) and d c = E^T (s * q) with no (B x N) gradient temporary, a sorted
+segment sum and a dense gradient for the history table (not for ``lazy_adam``, whose sparse update
+differs). ``research/bench/two_tower_speed.py`` measures it.
 
 ``score(users)`` is the dot product of the user vector with every anime vector (both from the
 towers, computed once after fitting); ``similar_items`` / ``similar_users`` use the same vectors.
