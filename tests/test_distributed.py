@@ -146,13 +146,22 @@ def test_launcher_stops_every_worker_on_ctrl_c(tmp_path, monkeypatch, capfd):
     import threading
 
     env = _sleepers(tmp_path, monkeypatch)
-    timer = threading.Timer(2.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+    # Ctrl-C as a terminal delivers it to an interactive launcher: SIGINT to the main thread, with
+    # Python's own handler and SIGINT not blocked. Set both explicitly: a suite started as a
+    # background job (`cmd &` in a non-interactive shell, `nohup`) inherits SIGINT *ignored*
+    # (POSIX), and the test then failed with "DID NOT RAISE" for a reason it is not about.
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    main = threading.main_thread().ident
+    timer = threading.Timer(2.0, lambda: signal.pthread_kill(main, signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
             distributed.launch(["9"], 3, module="sleeper", env=env, grace=2)
     finally:
         timer.cancel()
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler)
     pids = [int(p) for p in re.findall(r"worker \d: pid (\d+)", capfd.readouterr().err)]
     assert len(pids) == 3 and all(_gone(p) for p in pids)
 
