@@ -7,6 +7,7 @@ paths. A few seconds each."""
 import numpy as np
 import pandas as pd
 import pytest
+from test_two_tower import _table  # the same tiny catalogue
 
 import research  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 from research.data.interactions import build_dataset
@@ -23,16 +24,7 @@ def _data(seed=0, n_users=30, n_items=40, per_user=(2, 15)):
     rows = [(1000 + u, 100 + int(i), float(r.integers(1, 11))) for u in range(n_users)
             for i in r.choice(n_items, int(r.integers(*per_user)), replace=False)]
     frame = pd.DataFrame(rows, columns=["user", "item", "rating"])
-    n = n_items + 1
-    genres = ["Action", "Comedy", "Drama"]
-    table = pd.DataFrame({"name": [f"Anime {i}" for i in range(n)],
-                          "genres": [[genres[i % 3], genres[(i + 1) % 3]] for i in range(n)],
-                          "type": ["TV", "Movie"] * (n // 2) + ["TV"] * (n % 2),
-                          "studios": [[f"Studio {i % 2}"] for i in range(n)],
-                          "source": ["Manga"] * n, "episodes": [12.0] * n,
-                          "synopsis": [f"robot school story {i % 3}" for i in range(n)]},
-                         index=np.arange(100, 100 + n))
-    return build_dataset(frame, table, name="tiny").interactions
+    return build_dataset(frame, _table(n_items + 1), name="tiny").interactions
 
 
 def _built(data, seed=0, **kw):

@@ -16,13 +16,15 @@ default) against TF's autodiff of the same loss (``fast_grad = False``, the code
 Each measurement runs in its own subprocess (``report.in_subprocess``); the load average before
 and after is beside each row (2 shared cores: a load above 2 slows every wall-clock number).
 
-Measured (``results/bench/two_tower_speed.json``): see ``results/bench/SUMMARY.md``. Before this
-option a 5k epoch took ~62 s of training alone (367 steps of ~0.17 s at load ~4.9 on 2 cores, 6.1k
-pairs/s); the step's time went to the (B x N) softmax and its autodiff gradient (~0.12-0.14 CPU s
-of ~0.2: three dense temporaries, a scatter of the B x |history| masked entries into a dense
-(B x N) gradient at ~35 ms, the matmuls ~45 ms) and the history sums of the user tower (~0.06 CPU
-s: an unsorted segment sum of ~140k history rows a batch, and the optimizer's ``tf.unique``
-deduplication of their IndexedSlices gradient, ~30 ms).
+A full run writes ``results/bench/two_tower_speed.json`` and its row of ``results/bench/SUMMARY.md``
+(none committed yet: the first full run, 2026-12-01, did not finish beside a search; the epoch
+numbers measured then are in ``two_tower.py``'s docstring). Before this option a 5k epoch took ~62 s
+of training alone (367 steps of ~0.17 s at load ~4.9 on 2 cores, 6.1k pairs/s); the step's time went
+to the (B x N) softmax and its autodiff gradient (~0.12-0.14 CPU s of ~0.2: three dense temporaries,
+a scatter of the B x |history| masked entries into a dense (B x N) gradient at ~35 ms, the matmuls
+~45 ms) and the history sums of the user tower (~0.06 CPU s: an unsorted segment sum of ~140k
+history rows a batch, and the optimizer's ``tf.unique`` deduplication of their IndexedSlices
+gradient, ~30 ms).
 """
 from __future__ import annotations
 
