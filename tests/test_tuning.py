@@ -338,3 +338,16 @@ def test_other_data_restart_the_search(tmp_path):
     out = tune(cfg, build(f, name="toy"), quiet=True, trial_hook=lambda tid, p: calls.append(tid))
     assert calls == ["0", "1"]  # not resumed: every trial re-run on the new data
     assert len(_tuning(out)["trials"]) == 2
+
+
+def test_importing_the_tuning_package_loads_no_tensorflow():
+    """keras-tuner (Keras 3, TensorFlow) is imported by research.tuning.tuner only, which ``tune``
+    imports inside the function: `animerec tune --help` and tuned_config.py stay fast."""
+    import subprocess
+    import sys
+
+    code = ("import sys, research.tuning, research.tuning.command, research.tuning.refit; "
+            "print(sorted(m for m in ('tensorflow', 'keras_tuner', 'keras') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"

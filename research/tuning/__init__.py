@@ -19,12 +19,13 @@ module's docstring holds its decisions and why):
 - ``context``: what the trials and the refit share; per-trial records; the progress line.
 - ``summary``: ``tuning.json``.
 - ``hparams``: TensorBoard HParams sessions.
-- ``tuner``: the ``keras_tuner.Tuner`` whose ``run_trial`` is one trial; memory after a trial.
+- ``memory``: the RSS and the memory release after a trial or refit.
+- ``tuner``: the ``keras_tuner.Tuner`` whose ``run_trial`` is one trial (imports keras-tuner).
 - ``refit``: the final refit on train + validation, scored on test, written as a run folder.
 - ``command``: :func:`tune`, which runs them in that order (its seeds).
 
-keras-tuner (and with it Keras 3 and TensorFlow) is imported inside functions only, so importing
-this package (``animerec tune --help``, ``experiments/tuned_config.py``) does not load TensorFlow.
+keras-tuner (and with it Keras 3 and TensorFlow) is imported only by ``tuner`` and inside functions
+of the others, and ``command`` imports ``tuner`` inside :func:`tune`, so importing this package (``animerec tune --help``, ``experiments/tuned_config.py``) does not load TensorFlow.
 """
 from research.tuning.command import tune
 from research.tuning.folder import data_fingerprint, tuning_dir
@@ -37,7 +38,7 @@ from research.tuning.space import (
     default_values,
     tuned_spec,
 )
-from research.tuning.tuner import rss_mb
+from research.tuning.memory import rss_mb
 
 __all__ = ["tune", "check_space", "check_objective", "tuned_spec", "tuning_dir", "rss_mb", "default_values",
            "data_fingerprint", "ORACLES", "BASELINES", "SPACE_TYPES"]

@@ -25,7 +25,6 @@ from research.tuning.oracles import make_oracle, requeue_failed
 from research.tuning.refit import refit
 from research.tuning.space import ORACLES, check_objective, check_space, default_values, tuned_spec
 from research.tuning.summary import write_summary
-from research.tuning.tuner import tuner_class
 
 
 def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable | None = None) -> Path:
@@ -93,8 +92,9 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
                    model_seed=model_seed, meta=meta, trial_hook=trial_hook, quiet=quiet, defaults=defaults)
 
     oracle = make_oracle(cfg, spec, objective, direction, seed)
-    Tuner = tuner_class()
-    tuner = Tuner(oracle, ctx=ctx, directory=str(out), project_name="keras_tuner", overwrite=False)
+    from research.tuning.tuner import HarnessTuner  # keras-tuner, Keras 3, TensorFlow: only now
+
+    tuner = HarnessTuner(oracle, ctx=ctx, directory=str(out), project_name="keras_tuner", overwrite=False)
     oracle = tuner.oracle
     done_before = sum(t.status == "COMPLETED" for t in oracle.trials.values())
     requeue_failed(oracle)
