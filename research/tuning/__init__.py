@@ -25,10 +25,12 @@ module's docstring holds its decisions and why):
 - ``command``: :func:`tune`, which runs them in that order (its seeds).
 
 keras-tuner (and with it Keras 3 and TensorFlow) is imported only by ``tuner`` and inside functions
-of the others, and ``command`` imports ``tuner`` inside :func:`tune`, so importing this package (``animerec tune --help``, ``experiments/tuned_config.py``) does not load TensorFlow.
+of the others, and ``command`` imports ``tuner`` inside :func:`tune`, so importing this package
+(``animerec tune --help``, ``experiments/tuned_config.py``) does not load TensorFlow.
 """
 from research.tuning.command import tune
 from research.tuning.folder import data_fingerprint, tuning_dir
+from research.tuning.memory import rss_mb
 from research.tuning.space import (
     BASELINES,
     ORACLES,
@@ -38,7 +40,6 @@ from research.tuning.space import (
     default_values,
     tuned_spec,
 )
-from research.tuning.memory import rss_mb
 
 __all__ = ["tune", "check_space", "check_objective", "tuned_spec", "tuning_dir", "rss_mb", "default_values",
            "data_fingerprint", "ORACLES", "BASELINES", "SPACE_TYPES"]

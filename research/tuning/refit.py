@@ -24,8 +24,8 @@ from research import results as R
 from research.models import registry
 from research.seeding import child_seed
 from research.tuning.context import Context, short
-from research.tuning.space import BASELINES
 from research.tuning.memory import release_memory
+from research.tuning.space import BASELINES
 
 
 def _fit_score(ctx: Context, typ: str, params: dict, seed: int, train, val, split, part: str, log_name: str):
