@@ -195,9 +195,10 @@ class Config:
         return p if p.is_absolute() else REPO_ROOT / p
 
 
-_SECTIONS = {"data": DataConfig, "synth": SynthConfig, "split": SplitConfig, "eval": EvalConfig,
-             "tune": TuneConfig}
-_TOP = {"experiment", "seeds", "results_dir", "models", "base", *_SECTIONS}
+#: the config's sections: name -> the dataclass of its keys and defaults
+SECTIONS = {"data": DataConfig, "synth": SynthConfig, "split": SplitConfig, "eval": EvalConfig,
+            "tune": TuneConfig}
+_TOP = {"experiment", "seeds", "results_dir", "models", "base", *SECTIONS}
 
 
 def _unknown(what: str, key: str, valid, source: str) -> str:
@@ -318,10 +319,10 @@ def from_dict(raw: dict, source: str = "", origin: dict | None = None) -> Config
         where = origin.get(key, source)
         if key not in _TOP:
             raise ConfigError(_unknown("key", key, _TOP - {"base"}, where))
-        if key in _SECTIONS:
+        if key in SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"[{key}] in {where}: expected a table")
-            kwargs[key] = _build(_SECTIONS[key], value, f"{key}.", where)
+            kwargs[key] = _build(SECTIONS[key], value, f"{key}.", where)
         elif key == "models":
             if not isinstance(value, dict):
                 raise ConfigError(f"models in {where}: expected [models.NAME] tables, got {value!r}")

@@ -27,6 +27,7 @@ table.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from research import progress
 from research import results as R
-from research.config import Config
+from research.config import SECTIONS, Config
 from research.data.load import load_dataset
 from research.data.splits import make_split
 from research.eval.harness import evaluate
@@ -46,14 +47,35 @@ from research.report import markdown_table
 from research.seeding import child_seed, seed_everything
 
 
-def config_hash(cfg: Config) -> str:
-    """The config's part of the run id: every key but the seeds, where the config came from, where
-    results go and where the data are (``data.path``: what was read is the data id's part)."""
+def _hashed(cfg: Config) -> dict:
+    """What a run id's config part covers: every key but the seeds, where the config came from,
+    where results go and where the data are (``data.path``: what was read is the data id's part)."""
     d = cfg.to_dict()
     for key in ("seeds", "source_file", "results_dir"):  # where results go does not change them
         d.pop(key, None)
     d["data"] = {k: v for k, v in d["data"].items() if k != "path"}
+    return d
+
+
+def config_hash(cfg: Config) -> str:
+    """The config's part of the run id (``_hashed``), with every section key that is at its default
+    left out: a key added to a section later, with a default that keeps the old behaviour, leaves
+    the id of every run made before it unchanged (adding ``split.fold_in_fraction`` renamed every
+    run and search folder, and finished searches were no longer found). Writing a default out
+    explicitly gives the same id as leaving it out. The flip side: changing a default changes what
+    every config that leaves the key out means, under the same id, so tests/test_run_ids.py pins
+    the defaults (change one only with a new key or by renaming the section)."""
+    d = _hashed(cfg)
+    for name, klass in SECTIONS.items():
+        default = dataclasses.asdict(klass())
+        d[name] = {k: v for k, v in d[name].items() if k not in default or v != default[k]}
     return _short_hash(d, 10)
+
+
+def _full_config_hash(cfg: Config) -> str:
+    """The config part of run ids written before defaults were left out (every key of ``_hashed``):
+    such folders are still found (``locate``)."""
+    return _short_hash(_hashed(cfg), 10)
 
 
 def _legacy_config_hash(cfg: Config) -> str:
@@ -161,11 +183,15 @@ def run_id(cfg: Config, seed: int, data: str) -> str:
 
 def locate(parent: Path, cfg: Config, seed: int, data: str, prefix: str = "") -> Path:
     """The folder of (cfg, seed, data) under ``parent``: ``prefix + run_id``, or, when that does not
-    exist, a folder of the same config and seed named before run ids covered the data
+    exist, the same config's folder named before run ids left default keys out
+    (``prefix<full hash>_<data>-seed<seed>``), or one named before run ids covered the data
     (``prefix<legacy hash>-seed<seed>``) whose ``manifest.json`` shows the same data."""
     path = Path(parent) / f"{prefix}{run_id(cfg, seed, data)}"
     if path.exists():
         return path
+    before = Path(parent) / f"{prefix}{_full_config_hash(cfg)}_{data}-seed{seed}"
+    if before.exists():  # named when the id covered the keys at their defaults too
+        return before
     old = Path(parent) / f"{prefix}{_legacy_config_hash(cfg)}-seed{seed}"
     try:
         if (old / "manifest.json").is_file() and manifest_id(R.read_json(old / "manifest.json")) == data:

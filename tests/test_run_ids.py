@@ -14,7 +14,17 @@ import pytest
 from research import config
 from research.data import prepare
 from research.data.load import load_dataset
-from research.experiment import _legacy_config_hash, data_id, dataset_id, finished, run, run_folder, run_id
+from research.experiment import (
+    _full_config_hash,
+    _legacy_config_hash,
+    config_hash,
+    data_id,
+    dataset_id,
+    finished,
+    run,
+    run_folder,
+    run_id,
+)
 
 MODELS = "[models.global_mean]\n[models.bias]\n[models.popularity]\n"
 
@@ -228,3 +238,62 @@ def test_an_in_memory_data_set_is_identified_by_its_rows(tmp_path):
     one, same = build_dataset(f, name="toy"), build_dataset(f.copy(), name="toy")
     other = build_dataset(f.assign(rating=[5.0, 6, 7, 8, 1]), name="toy")
     assert dataset_id(one) == dataset_id(same) != dataset_id(other)
+
+
+def test_a_key_added_with_its_default_does_not_change_the_id(tmp_path, monkeypatch):
+    """A key added to a section later (with a default) keeps every earlier run's and search's
+    folder; the key away from its default changes the id. Simulated: [split] gains ``new_key``."""
+    import dataclasses
+
+    cfg = _cfg(tmp_path)
+    before = config_hash(cfg)
+    Extended = dataclasses.make_dataclass("SplitConfig", [("new_key", int, 5)], bases=(config.SplitConfig,),
+                                          frozen=True)
+    monkeypatch.setitem(config.SECTIONS, "split", Extended)
+    at_default = dataclasses.replace(cfg, split=Extended(**dataclasses.asdict(cfg.split)))
+    moved = dataclasses.replace(cfg, split=Extended(**dataclasses.asdict(cfg.split), new_key=6))
+    assert config_hash(at_default) == before != config_hash(moved)
+    assert config_hash(dataclasses.replace(cfg, split=dataclasses.replace(cfg.split, val_fraction=0.2))) != before
+
+
+# The defaults the run ids leave out (config_hash): changing one changes what every config that
+# does not set the key means, under the same run id. Add new keys here; do not change these.
+PINNED_DEFAULTS = {
+    "data": {"source": "synth", "ratings": "", "catalogue": "", "synopsis": "", "unrated": "drop",
+             "max_rows": 0, "min_user_ratings": 0, "fallback_to_synth": True, "delimiter": ",",
+             "header": True, "user_col": "user", "item_col": "item", "rating_col": "rating",
+             "timestamp_col": ""},
+    "synth": {"users": 600, "items": 800, "ratings_per_user": 60, "segments": 5, "factors": 8,
+              "unrated_fraction": 0.1, "seed": 0},
+    "split": {"kind": "random", "test_fraction": 0.2, "test_rows": 0, "val_fraction": 0.1, "k": 1,
+              "fold_in_fraction": 0.8, "fit_on": "train"},
+    "eval": {"k": 10, "batch_users": 1024, "relevance_threshold": 0.0},
+    "tune": {"model": "", "oracle": "random", "max_trials": 10, "objective": "rmse", "max_epochs": 20,
+             "hyperband_factor": 3, "retrain_on_full": True},
+}
+
+
+def test_section_defaults_are_pinned():
+    import dataclasses
+
+    for name, klass in config.SECTIONS.items():
+        now = dataclasses.asdict(klass())
+        now.pop("path", None)  # data.path is not in the id (the data id covers what was read)
+        missing = set(now) - set(PINNED_DEFAULTS[name])
+        assert not missing, f"new [{name}] keys: add them to PINNED_DEFAULTS with their defaults: {missing}"
+        changed = {k: (v, now.get(k)) for k, v in PINNED_DEFAULTS[name].items() if now.get(k, v) != v or k not in now}
+        assert not changed, (f"[{name}] defaults changed (pinned, now): {changed}: every run id that leaves "
+                             f"the key out would keep its folder but change its meaning")
+
+
+def test_a_folder_named_with_the_full_config_is_still_found(tmp_path, monkeypatch, two_folders):
+    """Folders named before ids left default keys out (``<full hash>_<data id>-seed<seed>``) are found."""
+    a, _, _ = two_folders
+    cfg = _cfg(tmp_path)
+    monkeypatch.setenv("ANIMEREC_DATA", str(a))
+    (new,) = run(cfg, quiet=True)
+    old = new.parent / f"{_full_config_hash(cfg)}_{data_id(cfg)}-seed0"
+    assert old != new
+    new.rename(old)
+    assert finished(cfg, 0) == old
+    assert run(cfg, quiet=True, keep_finished=True) == [old]

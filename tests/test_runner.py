@@ -80,7 +80,7 @@ def test_resume_after_crash(tmp_path, monkeypatch):
     ds = _dataset()
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_seed(cfg, ds, 0, quiet=True)
-    run_dir = next((tmp_path / "results" / "runs" / "t").iterdir())
+    run_dir = next(p for p in (tmp_path / "results" / "runs" / "t").iterdir() if p.is_dir())  # not the .lock
     status = json.loads((run_dir / "status.json").read_text())
     assert status["status"] == "running"  # the folder says it did not finish
     partial = json.loads((run_dir / "metrics.json").read_text())
