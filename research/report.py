@@ -15,7 +15,11 @@ recently finished run), one per seed, and writes
 - ``results/tables/<experiment>.csv``: the same numbers in long form (one row per model and
   metric, with n, mean, std, the p-value against the best and the mark);
 - figures (``research.figures``): a leaderboard bar chart, and training / validation loss curves
-  of the Keras models when their histories are in the runs.
+  of the Keras models when their histories are in the runs;
+- ``results/tables/<experiment>_verify.md`` when those runs hold a ``verify.json`` (``animerec
+  verify``: the run's models folded in for a later file's users): what was verified on, the
+  per-model table (mean ± std over the runs verified), the models that could not fold in and why,
+  and the row balance of each verification — written from the files, never pasted.
 
 Which pairs the tests use:
 
@@ -432,6 +436,41 @@ def experiment_csv(exp: Experiment) -> str:
     return buf.getvalue()
 
 
+def verify_markdown(exp: Experiment) -> str | None:
+    """The verification table of ``exp`` from its runs' ``verify.json`` (see the module docstring),
+    or None when none of its runs was verified."""
+    from research.results import read_json
+
+    reports = [(r.seed, read_json(r.path / "verify.json")) for r in exp.runs if (r.path / "verify.json").is_file()]
+    if not reports:
+        return None
+    lines = [f"# {exp.name} — verification", "",
+             f"`animerec verify`: every model of the `{exp.name}` run (seed(s) "
+             f"{', '.join(str(s) for s, _ in reports)}) folded in, without refitting, for the users of a "
+             "later file; each user's usable rows divided at random into a history (folded in) and "
+             "targets (scored); candidates: anime with a row in the run's train + validation; the "
+             "history's anime excluded.", ""]
+    for seed, rep in reports:
+        st = rep["manifest"]["verify"]
+        dropped = " + ".join(f"{n:,} {why.replace('_', ' ')}" for why, n in sorted(st["dropped"].items()))
+        lines.append(f"- run seed {seed}: `{rep['file']}` ({rep['source']}) in `{Path(rep['raw']).name}/`, "
+                     f"division seed {rep['seed']}, history {rep['fold_in_fraction']:g}, "
+                     f"min rows {rep['min_rows']}: {st['users']:,} users folded in "
+                     f"({st['users_below_min_rows']:,} below min rows left out); rows: {st['rows_in']:,} read = "
+                     f"{st['history']:,} history + {st['targets']:,} targets" + (f" + {dropped}" if dropped else "")
+                     + ".")
+    lines += ["", markdown_table([rep["models"] for _, rep in reports], exp.k).rstrip(), "",
+              f"Mean over {len(reports)} verification(s)" + (" ± sample standard deviation" if len(reports) > 1
+                                                             else "") + "; — = the metric does not apply."]
+    skipped = {}
+    for _, rep in reports:
+        skipped.update(rep.get("skipped") or {})
+    if skipped:
+        lines += ["", "Not measured (cannot fold a user in): " + "; ".join(f"{n}: {why}" for n, why in skipped.items())
+                  + "."]
+    return "\n".join(lines) + "\n"
+
+
 def _num(x) -> str:
     return "" if x is None else repr(float(x))
 
@@ -463,6 +502,11 @@ def build(experiment: str | None = None, results_dir: Path | None = None,
         cs = results_dir / "tables" / f"{exp.name}.csv"
         atomic_write_text(cs, experiment_csv(exp))
         written += [md, cs]
+        ver = verify_markdown(exp)
+        if ver is not None:
+            vm = results_dir / "tables" / f"{exp.name}_verify.md"
+            atomic_write_text(vm, ver)
+            written.append(vm)
         if figures:
             from research import figures as F
 

@@ -51,6 +51,27 @@ def test_verify_on_the_later_snapshot(world):
     assert on_disk["models"] == json.loads(json.dumps(rep["models"]))
 
 
+def test_report_writes_the_verification_table_from_verify_json(world):
+    """``animerec report`` renders verify.json (no pasted numbers): every measured model's ndcg as
+    verify gave it, the skipped model with its reason, the row balance."""
+    from research import report
+
+    run_dir, later = world
+    rep = verify(run_dir, later, file="animelist.csv", seed=0, quiet=True)
+    results = run_dir.parents[2]
+    written = report.build("verify_test", results_dir=results, figures=False)
+    md = results / "tables" / "verify_test_verify.md"
+    assert md in written
+    text = md.read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ") and "---" not in line}
+    for name, m in rep["models"].items():
+        assert f"{m['ndcg@10']:.4f}" in rows[name]
+    assert "implicit_bpr:" in text and f"{rep['manifest']['verify']['rows_in']:,} read" in text
+    (run_dir / "verify.json").unlink()
+    assert md not in report.build("verify_test", results_dir=results, figures=False)
+    verify(run_dir, later, file="animelist.csv", seed=0, quiet=True)  # the other tests read it
+
+
 def test_verify_is_deterministic_per_seed(world):
     run_dir, later = world
     a = verify(run_dir, later, file="animelist.csv", seed=1, quiet=True, models=["item_knn"])
