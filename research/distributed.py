@@ -63,20 +63,31 @@ DEFAULT_TIMEOUT = 0.0
 _STRATEGY = None
 
 # Which Keras recommenders train correctly under MultiWorkerMirroredStrategy. A model qualifies when
-# its tf.keras model uses TFRSModel.train_step unchanged (which weights each worker's loss by its
-# share of the global batch) and its loss is a per-example mean over the batch. The value is None
-# for a checked model, else the reason it is refused.
+# each replica's loss enters the global objective as its share of the global batch (TFRSModel's
+# train_step, or a model's own step doing the same), its random draws are those a one-worker step
+# makes for the same examples, and a 2-worker fit matches a 1-worker one
+# (tests/test_distributed_models.py). The value is None for a checked model, the reason it is
+# refused, or a function of the instance giving either (a model whose configurations differ).
+_IN_BATCH = ("its in-batch retrieval loss (loss = \"in_batch\") scores each example against the other "
+             "examples of the batch (in-batch negatives): a worker sees only its slice of the global batch, "
+             "so the negatives, and the model, would change with the number of workers; the default "
+             "loss = \"full_softmax\" (each example against the whole catalogue) trains under the strategy")
+
+
 _OWN_STEP = ("its own train_step ({file}) averages the loss over the worker's batch and lets the optimizer "
              "sum the workers' gradients, so with N workers every step would be about N times larger; it "
              "needs the per-worker loss weighting of TFRSModel.train_step first")
-MULTI_WORKER: dict[str, str | None] = {
+
+
+def _two_tower(model) -> str | None:
+    return _IN_BATCH if getattr(model, "loss", "full_softmax") == "in_batch" else None
+
+
+MULTI_WORKER: dict = {
     "research.models.keras.embedding_dot:EmbeddingDot": None,
     "research.models.keras.embedding_dot:SVDpp": None,
     "research.models.keras.dnn:DNN": None,
-    "research.models.keras.two_tower:TwoTower": (
-        "its retrieval loss scores each example against the other examples of the batch (in-batch "
-        "negatives) and sums over the batch: a worker sees only its slice of the global batch, so the "
-        "negatives, and the model, would change with the number of workers"),
+    "research.models.keras.two_tower:TwoTower": _two_tower,
     "research.models.keras.multvae:MultVAE": _OWN_STEP.format(file="multvae.py"),
     "research.models.keras.autorec:AutoRec": _OWN_STEP.format(file="autorec.py")
     + "; its loss is also scaled by rows / batch rows, which a worker's smaller batch would change",
@@ -220,17 +231,18 @@ def strategy():
 
 
 def check_supported(recommender) -> None:
-    """Raise ``ConfigError`` naming why ``recommender`` cannot train under the strategy (see
-    ``MULTI_WORKER``); return for a checked model."""
+    """Raise ``ConfigError`` naming why ``recommender`` (the instance: its configuration may
+    matter) cannot train under the strategy (see ``MULTI_WORKER``); return for a checked model."""
     klass = type(recommender)
     path = f"{klass.__module__}:{klass.__qualname__}"
     if path not in MULTI_WORKER:
-        checked = ", ".join(p.split(":")[1] for p, why in MULTI_WORKER.items() if why is None)
+        checked = ", ".join(p.split(":")[1] for p, why in MULTI_WORKER.items() if why is None or callable(why))
         raise ConfigError(f"{klass.__name__} has not been checked under MultiWorkerMirroredStrategy (TF_CONFIG is "
                           f"set); checked: {checked}"
-                          f". Add it to research.distributed.MULTI_WORKER once its loss is a per-example mean "
-                          f"trained by TFRSModel.train_step and a 2-worker fit matches a 1-worker one")
+                          f". Add it to research.distributed.MULTI_WORKER once each replica's loss is weighted by "
+                          f"its share of the global batch and a 2-worker fit matches a 1-worker one")
     why = MULTI_WORKER[path]
+    why = why(recommender) if callable(why) else why
     if why is not None:
         raise ConfigError(f"{klass.__name__} cannot train under MultiWorkerMirroredStrategy: {why}. "
                           f"Unset TF_CONFIG (or run without --workers) to train it on one worker")

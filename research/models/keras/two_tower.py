@@ -107,6 +107,11 @@ class _Rows:
 
 
 class _TwoTowerModel(TFRSModel):
+    # both losses are sums over the batch's pairs (the full softmax's cross-entropies; TFRS'
+    # Retrieval task reduces with SUM): under a strategy a replica's sum enters the objective as it
+    # is (TFRSModel._replica_objective)
+    loss_reduction = "sum"
+
     def __init__(self, n_users, n_items, id_dim, dim, item_features, feature_dims, use_features, history,
                  hist_indptr, hist_items, candidates, log_q, temperature, l2, val_k, loss="in_batch",
                  mask_history=True, user_id=True, user_layers=(), fast_grad=True, dense_history_grad=True):
