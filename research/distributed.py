@@ -88,7 +88,7 @@ MULTI_WORKER: dict = {
     "research.models.keras.embedding_dot:SVDpp": None,
     "research.models.keras.dnn:DNN": None,
     "research.models.keras.two_tower:TwoTower": _two_tower,
-    "research.models.keras.multvae:MultVAE": _OWN_STEP.format(file="multvae.py"),
+    "research.models.keras.multvae:MultVAE": None,  # its own step weights by share (multvae.py)
     "research.models.keras.autorec:AutoRec": _OWN_STEP.format(file="autorec.py")
     + "; its loss is also scaled by rows / batch rows, which a worker's smaller batch would change",
 }

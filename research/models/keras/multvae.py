@@ -125,6 +125,7 @@ import scipy.sparse as sp
 from research.data.interactions import Interactions
 from research.errors import ConfigError
 from research.models.keras.common import KerasRecommender, TFRSModel, tf
+from research.models.keras.tfrs_model import global_noise, num_replicas, replica_rows
 from research.models.keras.validation import ndcg_at_k, validation_targets
 from research.seeding import child_seed
 
@@ -183,6 +184,8 @@ def beta_schedule(step, beta_cap: float, anneal_steps: int):
 
 
 class _MultVAEModel(TFRSModel):
+    replica_invariant_logs = ("beta",)  # β(step): the same on every replica (see TFRSModel)
+
     def __init__(self, n_items, out_items, hidden, latent, variant, dropout, weight_decay, beta_cap,
                  anneal_steps, train_hist, score_hist, candidates, val_k, noise_seed, linear_l2=None,
                  wide=None, wide_trainable=False, wide_scale=1.0, encoder="mlp", decoder="mlp",
@@ -289,16 +292,19 @@ class _MultVAEModel(TFRSModel):
         """(B, n_out) -> (B, n_items): anime not modelled get ``fill`` (a (B, 1) column)."""
         return tf.gather(tf.concat([m, fill], axis=1), self.to_modelled, axis=1)
 
-    def _keep(self, x, noise_key):
-        """The input-dropout mask of ``x`` keyed on ``noise_key`` (None: no dropout)."""
+    def _keep(self, x, noise_key, rows=None):
+        """The input-dropout mask of ``x`` keyed on ``noise_key`` (None: no dropout); ``rows``: under
+        a strategy, this replica's rows of the global batch (``tfrs_model.replica_rows``), whose
+        rows of the global batch's mask it takes."""
         if noise_key is None or self.dropout <= 0:
             return None
-        return tf.random.stateless_uniform(tf.shape(x), seed=noise_key) >= self.dropout
+        draw = lambda shape: tf.random.stateless_uniform(shape, seed=noise_key)  # noqa: E731
+        return global_noise(draw, tf.shape(x), rows) >= self.dropout
 
-    def skip_logits(self, x, noise_key=None):
+    def skip_logits(self, x, noise_key=None, rows=None):
         """The linear part x B (diag(B) = 0) of the dense bag ``x``, after the same input dropout
         as the encoder's (the same mask: it is keyed on the same ``noise_key``)."""
-        keep = self._keep(x, noise_key)
+        keep = self._keep(x, noise_key, rows)
         if keep is not None:
             x = tf.where(keep, x / (1.0 - self.dropout), tf.zeros_like(x))
         kernel = tf.linalg.set_diag(self.linear_kernel, tf.zeros([self.n_out], self.linear_kernel.dtype))
@@ -318,12 +324,12 @@ class _MultVAEModel(TFRSModel):
         """exp(log scale) · x B of the wide part (B's diagonal is 0 in the EASE solution)."""
         return tf.exp(self.wide_log_scale) * tf.sparse.sparse_dense_matmul(x_sparse, self.wide_kernel)
 
-    def encode(self, x, noise_key=None, old: bool = False):
+    def encode(self, x, noise_key=None, old: bool = False, rows=None):
         """(μ, log σ²) of the dense bag ``x`` (log σ² None for the DAE): L2-normalised per row, then
         input dropout keyed on ``noise_key`` ((2,) int64; None at inference). ``old``: the frozen
-        copy of the encoder (the composite prior's)."""
+        copy of the encoder (the composite prior's). ``rows``: see ``_keep``."""
         h = tf.math.l2_normalize(x, axis=1)
-        keep = self._keep(h, noise_key)
+        keep = self._keep(h, noise_key, rows)
         if keep is not None:
             h = tf.where(keep, h / (1.0 - self.dropout), tf.zeros_like(h))
         layers, norms, bottleneck = (self.encoder, self.norms, self.bottleneck) if not old else self.old_encoder
@@ -379,16 +385,18 @@ class _MultVAEModel(TFRSModel):
         s = tf.constant(self.noise_seed, tf.int64)
         return tf.stack([s, 2 * step]), tf.stack([s, 2 * step + 1])
 
-    def losses_of(self, users, step, training: bool):
-        """(nll, kl) batch means for ``users`` (training: dropout and z sampling keyed on ``step``)."""
+    def losses_of(self, users, step, training: bool, rows=None):
+        """(nll, kl) batch means for ``users`` (training: dropout and z sampling keyed on ``step``;
+        ``rows``: under a strategy, this replica's rows of the global batch, so that each user gets
+        the noise of a one-worker step: see ``tfrs_model.global_noise``)."""
         x = self.dense_batch(users, "train")
         k_drop, k_eps = self._keys(step) if training else (None, None)
-        mu, logvar = self.encode(x, k_drop)
+        mu, logvar = self.encode(x, k_drop, rows=rows)
         kl_user = None
         if self.variant == "vae":
             z = mu
             if training:
-                eps = tf.random.stateless_normal(tf.shape(mu), seed=k_eps)
+                eps = global_noise(lambda shape: tf.random.stateless_normal(shape, seed=k_eps), tf.shape(mu), rows)
                 z = mu + tf.exp(0.5 * logvar) * eps
             if self.prior == "composite":  # one-sample estimate of KL(q || composite prior)
                 old_mu, old_logvar = self.encode(x, None, old=True)
@@ -402,7 +410,7 @@ class _MultVAEModel(TFRSModel):
         self._kl_user = kl_user  # per user, for the γ · |x_u| weighting of train_step
         logits = self.decode(z)
         if self.linear_kernel is not None:
-            logits = logits + self.skip_logits(x, k_drop)
+            logits = logits + self.skip_logits(x, k_drop, rows)
         if self.wide_kernel is not None:  # the whole history, as at inference (no dropout)
             logits = logits + self.wide_logits(self.wide_rows(users, "train"))
         nll = tf.reduce_mean(multinomial_nll(logits, x))
@@ -444,6 +452,9 @@ class _MultVAEModel(TFRSModel):
         step = self.optimizer.iterations  # gradient steps so far (restored by BackupAndRestore)
         if self.old_encoder is not None:  # at each epoch's first step (a resumed fit does the same)
             tf.cond(tf.equal(step % self.steps_per_epoch, 0), self._refreshed, lambda: tf.constant(False))
+        replicas = num_replicas()
+        if replicas > 1:
+            return self._replica_train_step(users, step, replicas)
         with tf.GradientTape() as tape:
             nll, kl = self.losses_of(users, step, training=True)
             kl_part, beta = self.kl_term(users, step, kl)
@@ -451,6 +462,34 @@ class _MultVAEModel(TFRSModel):
             total = nll + kl_part + reg
         grads = tape.gradient(total, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return self._train_logs(users, total, nll, kl, beta)
+
+    def _replica_train_step(self, users, step, replicas):
+        """``train_step`` under a strategy of ``replicas`` replicas (``TF_CONFIG``): this replica's
+        users are its slice of the global batch, so its per-user means (nll, β · KL) are weighted by
+        its share n / N of the batch and the weight penalties by 1 / replicas
+        (``TFRSModel._replica_objective``): the optimizer's sum over the replicas is the one-worker
+        objective. The dropout masks and ε are the global batch's draws at this replica's rows, so
+        every user gets the noise of a one-worker step, and the step counter (β, the noise keys,
+        the old encoder's refresh) is the optimizer's, which counts global steps."""
+        n = tf.cast(tf.shape(users)[0], tf.float32)
+        rows = replica_rows(tf.shape(users)[0])
+        share = self.replica_share(n, tf.cast(rows[1], tf.float32))
+        some = n > 0  # an empty slice (a last batch smaller than the replica count): means are NaN
+        with tf.GradientTape() as tape:
+            nll, kl = self.losses_of(users, step, training=True, rows=rows)
+            kl_part, beta = self.kl_term(users, step, kl)
+            nll, kl, kl_part = (tf.where(some, v, tf.zeros_like(v)) for v in (nll, kl, kl_part))
+            reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+            objective = share * (nll + kl_part) + reg / float(replicas)
+        grads = tape.gradient(objective, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        if self.variant == "vae" and self.kl_gamma > 0:  # β reported: the mean γ · |x_u| of the global batch
+            beta = tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, tf.where(some, beta * n, 0.0)) / tf.cast(rows[1], tf.float32)
+        return self._train_logs(users, nll + kl_part + reg, nll, kl, beta)
+
+    def _train_logs(self, users, total, nll, kl, beta):
         n = tf.cast(tf.shape(users)[0], tf.float32)
         self.loss_tracker.update_state(total, sample_weight=n)
         self.nll_tracker.update_state(nll, sample_weight=n)
