@@ -74,11 +74,6 @@ _IN_BATCH = ("its in-batch retrieval loss (loss = \"in_batch\") scores each exam
              "loss = \"full_softmax\" (each example against the whole catalogue) trains under the strategy")
 
 
-_OWN_STEP = ("its own train_step ({file}) averages the loss over the worker's batch and lets the optimizer "
-             "sum the workers' gradients, so with N workers every step would be about N times larger; it "
-             "needs the per-worker loss weighting of TFRSModel.train_step first")
-
-
 def _two_tower(model) -> str | None:
     return _IN_BATCH if getattr(model, "loss", "full_softmax") == "in_batch" else None
 
@@ -89,8 +84,7 @@ MULTI_WORKER: dict = {
     "research.models.keras.dnn:DNN": None,
     "research.models.keras.two_tower:TwoTower": _two_tower,
     "research.models.keras.multvae:MultVAE": None,  # its own step weights by share (multvae.py)
-    "research.models.keras.autorec:AutoRec": _OWN_STEP.format(file="autorec.py")
-    + "; its loss is also scaled by rows / batch rows, which a worker's smaller batch would change",
+    "research.models.keras.autorec:AutoRec": None,  # its own step: rows / global batch rows (autorec.py)
 }
 
 

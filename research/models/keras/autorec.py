@@ -64,6 +64,7 @@ from research.data import tfdata
 from research.data.interactions import Interactions
 from research.errors import ConfigError
 from research.models.keras.common import KerasRecommender, TFRSModel, tf
+from research.models.keras.tfrs_model import global_noise, num_replicas, replica_rows
 from research.seeding import child_seed
 
 CENTRES = ("none", "mean", "bias")
@@ -164,16 +165,25 @@ class _AutoRecNet(TFRSModel):
         return self.decoder(self.code(items)) + self.baseline_rows(items)
 
     # ---- training ------------------------------------------------------------------------
-    def losses_of(self, items, step=None):
+    def losses_of(self, items, step=None, rows=None):
         """(objective share, masked SSE, observed count) of a batch of anime; with ``step`` (the
-        gradient step), input dropout keyed on (noise seed, step)."""
+        gradient step), input dropout keyed on (noise seed, step). ``rows``: under a strategy, this
+        replica's (first row, rows) of the global batch (``tfrs_model.replica_rows``): the dropout
+        mask is the global batch's at these rows, and the objective share is this replica's part of
+        the global batch's, (n / B) SSE / N with B the global batch's rows, plus the penalty / N
+        divided among the replicas; the replicas' shares add up to the one-worker objective."""
         x, m = self.dense_batch(items)
         h = x
         if step is not None and self.dropout > 0:
             key = tf.stack([tf.constant(self.noise_seed, tf.int64), tf.cast(step, tf.int64)])
-            keep = tf.random.stateless_uniform(tf.shape(x), seed=key) >= self.dropout
+            draw = lambda shape: tf.random.stateless_uniform(shape, seed=key)  # noqa: E731
+            keep = global_noise(draw, tf.shape(x), rows) >= self.dropout
             h = tf.where(keep, x / (1.0 - self.dropout), tf.zeros_like(x))
         sse = masked_sse(self.decoder(self.encoder(h)), x, m)
+        if rows is not None:
+            b = tf.cast(rows[1], tf.float32)  # the global batch
+            share = tf.math.divide_no_nan(self.n_rows, b) * sse / self.n_obs
+            return share + self.weight_penalty() / self.n_obs / float(num_replicas()), sse, tf.reduce_sum(m)
         b = tf.cast(tf.shape(items)[0], tf.float32)
         loss = (self.n_rows / b) * sse / self.n_obs + self.weight_penalty() / self.n_obs
         return loss, sse, tf.reduce_sum(m)
@@ -182,11 +192,23 @@ class _AutoRecNet(TFRSModel):
         return self.losses_of(inputs["item"])[0]
 
     def train_step(self, inputs):
-        with tf.GradientTape() as tape:
-            loss, sse, n = self.losses_of(inputs["item"], self.optimizer.iterations)
-        grads = tape.gradient(loss, self.trainable_variables)
+        items = inputs["item"]
+        b = tf.cast(tf.shape(items)[0], tf.float32)
+        if num_replicas() > 1:  # a strategy (TF_CONFIG): this replica's share of the global objective
+            rows = replica_rows(tf.shape(items)[0])
+            with tf.GradientTape() as tape:
+                objective, sse, n = self.losses_of(items, self.optimizer.iterations, rows)
+            # logged as this replica's rows' estimate, (n_rows / b) SSE / N + penalty / N with b its
+            # own rows, weighted by b: summed over the replicas, b times that is B times the
+            # global batch's (n_rows / B) SSE_B / N + penalty / N, as one worker logs it
+            loss = tf.math.divide_no_nan(self.n_rows, b) * sse / self.n_obs + self.weight_penalty() / self.n_obs
+        else:
+            with tf.GradientTape() as tape:
+                objective, sse, n = self.losses_of(items, self.optimizer.iterations)
+            loss = objective
+        grads = tape.gradient(objective, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        self.loss_tracker.update_state(loss, sample_weight=tf.cast(tf.shape(inputs["item"])[0], tf.float32))
+        self.loss_tracker.update_state(loss, sample_weight=b)
         self.mse_tracker.update_state(sse / tf.maximum(n, 1.0), sample_weight=n)
         return {"loss": self.loss_tracker.result(), "mse": self.mse_tracker.result()}
 
