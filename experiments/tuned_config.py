@@ -49,6 +49,20 @@ def _data(cfg) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg.data).items() if v != getattr(config.DataConfig(), k)}
 
 
+def _earlier(cfg, seed: int):
+    """The same finished search in a folder named by an earlier run-id scheme
+    (``research.tuning.folder.earlier_search``: same model, space, oracle, objective and the same
+    split, which needs the data loaded and split once)."""
+    from research.data.load import load_dataset
+    from research.data.splits import make_split
+    from research.seeding import seed_everything
+    from research.tuning.folder import earlier_search
+
+    ds = load_dataset(cfg, quiet=True)
+    seed_everything(seed)
+    return earlier_search(cfg, seed, make_split(ds.interactions, cfg.split, seed))
+
+
 def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: bool = True,
           data_from: str | None = None, skip_defaults: tuple = ()) -> str:
     """The text of the config (see the module docstring). With ``data_from``, the run uses that
@@ -59,7 +73,10 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
     for path in tune_configs:
         cfg = config.load(path)
         spec = tuned_spec(cfg)
-        folder = tuning_dir(cfg, int(cfg.seeds[0]) if cfg.seeds else 0)
+        seed = int(cfg.seeds[0]) if cfg.seeds else 0
+        folder = tuning_dir(cfg, seed)
+        if not (folder / "metrics.json").is_file():
+            folder = _earlier(cfg, seed) or folder  # named by an earlier run-id scheme
         metrics_path = folder / "metrics.json"
         if not metrics_path.is_file():
             raise SystemExit(f"{path}: no finished search at {folder} (run: animerec tune {path})")

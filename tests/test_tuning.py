@@ -103,6 +103,32 @@ def test_resume_with_a_larger_budget_runs_only_the_new_trial(tmp_path):
 
 
 @pytest.mark.keras
+def test_a_search_in_a_folder_named_by_an_earlier_id_scheme_is_continued(tmp_path):
+    """A run-id scheme change (a config key added) must not redo a search: the folder is found by
+    what it searched and on which split; another space or split is a different search."""
+    from research.tuning import tune
+
+    data, calls = _dataset(), []
+    out = tune(_cfg(tmp_path, "max_trials = 2", retrain=True), data, quiet=True,
+               trial_hook=lambda tid, p: calls.append(tid))
+    old = out.parent / "tune-0123456789-seed0"  # as if named by an earlier scheme
+    out.rename(old)
+    again = tune(_cfg(tmp_path, "max_trials = 2", retrain=True), data, quiet=True,
+                 trial_hook=lambda tid, p: calls.append(tid))
+    assert again == old and calls == ["0", "1"]  # found, nothing re-searched
+    from research.data.splits import make_split
+    from research.tuning.folder import earlier_search
+
+    cfg = _cfg(tmp_path, "max_trials = 2", retrain=True)
+    assert earlier_search(cfg, 0, make_split(data.interactions, cfg.split, 0)) == old  # as tuned_config.py finds it
+    other = _cfg(tmp_path, "max_trials = 2", models="[models.bias]\n[models.bias.space]\n"
+                                                     "user_damping = {type=\"float\", min=0.0, max=9.0}\n")
+    assert tune(other, data, quiet=True) != old  # another space: another search
+    shifted = _cfg(tmp_path, "max_trials = 2\n[split]\nval_fraction = 0.2", retrain=True)
+    assert earlier_search(shifted, 0, make_split(data.interactions, shifted.split, 0)) is None  # another split
+
+
+@pytest.mark.keras
 def test_killed_trial_is_rerun_and_finished_ones_are_not(tmp_path):
     from research.tuning import tune
 

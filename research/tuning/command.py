@@ -19,7 +19,7 @@ from research.errors import ConfigError
 from research.models import registry
 from research.seeding import child_seed, seed_everything
 from research.tuning.context import Context
-from research.tuning.folder import check_data, data_fingerprint, tuning_dir
+from research.tuning.folder import check_data, data_fingerprint, earlier_search, tuning_dir
 from research.tuning.hparams import declare_hparams
 from research.tuning.oracles import make_oracle, requeue_failed
 from research.tuning.refit import refit
@@ -71,6 +71,13 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     from research.experiment import dataset_id
 
     out = tuning_dir(cfg, seed, dataset_id(dataset))
+    if not (out / "tuning.json").is_file():
+        earlier = earlier_search(cfg, seed, split)  # the same search, named by an earlier id scheme
+        if earlier is not None:
+            if not quiet:
+                print(f"[animerec] the same search (model, space, split) is in {earlier}: continuing there",
+                      file=sys.stderr)
+            out = earlier
     from research import locking
 
     locking.acquire(out)  # one search per tuning folder (a second one exits 2 naming this pid)

@@ -6,7 +6,9 @@
 id (:func:`research.experiment.data_id`) gives a search on other data its own folder.
 
 **Resume**: only on the same data (a fingerprint of the split is kept in the folder; other
-data discard the old search, with a message). The keras-tuner project (``keras_tuner/`` in the
+data discard the old search, with a message). A search whose folder was named by an earlier
+run-id scheme is found by what it searched and on which split (``earlier_search``) and continued
+there. The keras-tuner project (``keras_tuner/`` in the
 folder) is reopened with ``overwrite=False``: finished trials are kept, a trial that was running
 when the process died is re-run (keras-tuner queues it for retry on reload), and a trial that
 failed is re-run too (so a search only ever ends with every trial completed; the retry is
@@ -15,6 +17,7 @@ failed is re-run too (so a search only ever ends with every trial completed; the
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -40,6 +43,38 @@ def tuning_dir(cfg: Config, seed: int, data: str | None = None) -> Path:
                                 tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
     return locate(R.runs_root(cfg.results_path) / cfg.experiment, blank, seed,
                   data_id(cfg) if data is None else data, prefix="tune-")
+
+
+def _search_identity(cfg: Config, seed: int) -> dict:
+    """What ``tuning.json`` records of the search a config asks for (with the split's fingerprint,
+    what makes two searches the same search)."""
+    spec = tuned_spec(cfg)
+    ident = {"model": spec.name, "type": spec.type, "seed": seed, "oracle": cfg.tune.oracle,
+             "objective": cfg.tune.objective, "space": spec.space, "fixed_params": spec.params}
+    if cfg.tune.oracle == "hyperband":
+        ident.update(max_epochs=cfg.tune.max_epochs, hyperband_factor=cfg.tune.hyperband_factor)
+    return json.loads(json.dumps(ident, default=str))
+
+
+def earlier_search(cfg: Config, seed: int, split) -> Path | None:
+    """A search of this config in a folder named by an earlier run-id scheme (a config key added
+    since, or ids from before they covered the data), so that hours of trials are not redone: a
+    ``tune-*-seed<seed>`` folder of the experiment whose ``tuning.json`` records the same model,
+    type, seed, oracle, objective, space and fixed parameters and the fingerprint of this very
+    split (``data_fingerprint``: the same rows in train, validation and test). Finished searches
+    first, then the most recent. None when there is none."""
+    want = _search_identity(cfg, seed)
+    fp = data_fingerprint(split)
+    found = []
+    for d in (R.runs_root(cfg.results_path) / cfg.experiment).glob(f"tune-*-seed{seed}"):
+        try:
+            meta = R.read_json(d / "tuning.json")
+        except (OSError, ValueError):
+            continue
+        have = json.loads(json.dumps({k: meta.get(k) for k in want}, default=str))
+        if have == want and meta.get("data_fingerprint") == fp:
+            found.append(((d / "metrics.json").is_file(), d.stat().st_mtime, d))
+    return max(found)[2] if found else None
 
 
 def data_fingerprint(split) -> str:
