@@ -14,8 +14,10 @@ seed is the config's), fits the non-Keras models itself, and for a Keras model
 - feeds it its slice of every global batch (``InMemoryPipeline.distributed_dataset``: worker k of W
   takes rows ``[k*B/W, (k+1)*B/W)`` of each batch of the one-worker order), so the global batch
   size stays ``batch_size`` and the examples of step t are those of a one-worker fit's step t;
-- weights each worker's loss by its share of the global batch (``TFRSModel.train_step``), so the
-  summed gradient is the gradient of the global batch's mean loss, as on one worker.
+- weights each worker's loss by its share of the global batch (``TFRSModel.train_step``, or the
+  model's own step: multvae, autorec), so the summed gradient is the gradient of the global
+  batch's loss, as on one worker; noise keyed on the step is drawn for the global batch, each
+  worker keeping its rows, and the epoch logs are the metrics' global values.
 
 Worker 0 (or the ``chief`` task, when the cluster has one) is the chief: it writes the run folder.
 Every other worker writes its run folder, TensorBoard logs and checkpoints to a private scratch
@@ -28,8 +30,8 @@ them is the model. A resumed fit checks that all workers restart at the same epo
 them otherwise, instead of a hang).
 
 Not every Keras model is right under the strategy: ``check_supported`` says which are and why the
-others are not (``MULTI_WORKER``), and a fit of an unsupported one raises ``ConfigError`` before
-any worker starts training.
+others are not (``MULTI_WORKER``; for two_tower it depends on the instance's ``loss``), and a fit of
+an unsupported one raises ``ConfigError`` before any worker starts training.
 
 ``launch`` (``animerec run CONFIG --workers N``) starts N workers on free 127.0.0.1 ports with
 generated ``TF_CONFIG`` s, for trying this on one machine: it waits for them, and when one fails

@@ -6,8 +6,11 @@ it raise ``ConfigError`` naming why, ``distributed.MULTI_WORKER``), checks every
 same fit (``agree_on_fit``), builds and compiles the model under ``MultiWorkerMirroredStrategy``'s
 scope, and feeds each worker its slices of the same global batches
 (``InMemoryPipeline.distributed_dataset``). ``TFRSModel.train_step`` weights each replica's mean loss
-by its share of the global batch (the summed gradient is the one-worker gradient of that batch), so
-the Keras losses inside may average over a replica's batch (``_allow_batch_means``). Each worker
+by its share of the global batch (the summed gradient is the one-worker gradient of that batch; a
+summed loss, ``loss_reduction = "sum"``, enters as it is), so the Keras losses inside may average
+over a replica's batch (``_allow_batch_means``); models with their own step (multvae, autorec) do
+the same weighting and draw their noise for the global batch (``tfrs_model.replica_rows``), and
+``TFRSModel`` makes the epoch logs the metrics' global values. Each worker
 keeps its own checkpoints (``_WorkerBackupAndRestore``; a non-chief's ``log_dir`` is its scratch
 folder), and all must resume at the same epoch (``_StartEpoch``). Without ``TF_CONFIG`` none of
 this runs and the fit is the same as before.
