@@ -27,8 +27,12 @@ def test_quick_end_to_end(tmp_path, monkeypatch):
     res = json.loads((tmp_path / "quick" / "autoencoders.json").read_text())
     assert res["benchmark"] == "autoencoders" and res["quick"] is True and res["status"] == "ok"
     assert res["machine"]["cpu_count"] >= 1
-    runs = {r["model"]: r for r in res["runs"]}
-    assert set(runs) == {"ease", "multvae"} and {r["dataset"] for r in res["runs"]} == {"synthetic"}
+    runs = {(r["model"], r.get("variant")): r for r in res["runs"]}
+    assert set(runs) == {("ease", None), ("multvae", "default"), ("multvae", "fast_path")}
+    assert {r["dataset"] for r in res["runs"]} == {"synthetic"}
+    fast = runs["multvae", "fast_path"]["params"]
+    assert all(fast[k] == v for k, v in A.FAST_PATH.items())
+    assert not runs["multvae", "default"]["params"]["sparse_input"]
     for r in runs.values():
         d = r["data"]
         assert (d["users"], d["items"]) == (5_000, 1_000) and d["train_rows"] > 0
@@ -37,20 +41,26 @@ def test_quick_end_to_end(tmp_path, monkeypatch):
         assert sc["users"] == sc["of_users"] == 5_000 and sc["batch"] == A.SCORE_BATCH
         _positive(sc, "seconds", "users_per_s", "peak_rss_mb")
         assert all(sc[k] >= 0 for k in LOADS) and all(r["fit"][k] >= 0 for k in LOADS)
-    ease = runs["ease"]["fit"]
+    ease = runs["ease", None]["fit"]
     _positive(ease, "seconds", "cpu_seconds", "peak_rss_mb")
     assert 0 < ease["active_items"] <= 1_000
-    mv = runs["multvae"]["fit"]
+    for variant in ("default", "fast_path"):
+        _check_multvae_fit(runs["multvae", variant]["fit"])
+    summary = (tmp_path / "quick" / "SUMMARY.md").read_text()
+    assert "## autoencoders" in summary and "summary failed" not in summary
+    assert not any("different configurations" in n for n in res["notes"])
+    body = A.markdown(res)
+    assert body.count("| synthetic |") == 6 and "*extrapolated*" in body and "2-core" in body
+    assert body.count("fast path") >= 3
+
+
+def _check_multvae_fit(mv):
     assert mv["mode"] == "steps" and mv["epoch_seconds_extrapolated"] is True
     assert mv["warmup_steps"] == A.WARMUP_STEPS_QUICK and mv["timed_steps"] == A.TIMED_STEPS_QUICK
     assert mv["steps_run"] == A.WARMUP_STEPS_QUICK + A.TIMED_STEPS_QUICK  # the callback stopped it
     assert mv["timed_users"] == A.TIMED_STEPS_QUICK * mv["batch_size"]
     _positive(mv, "timed_seconds", "users_per_s", "seconds_per_step", "epoch_seconds", "peak_rss_mb")
     assert mv["users_per_s"] == pytest.approx(mv["timed_users"] / mv["timed_seconds"])
-    summary = (tmp_path / "quick" / "SUMMARY.md").read_text()
-    assert "## autoencoders" in summary and "summary failed" not in summary
-    body = A.markdown(res)
-    assert body.count("| synthetic |") == 4 and "*extrapolated*" in body and "2-core" in body
 
 
 def test_markdown_of_full_epochs_rows():

@@ -29,7 +29,10 @@ Measured:
   full-size model (softmax over the ~17.5k active anime, every user's history in its tables) trains for
   ``WARMUP_STEPS + TIMED_STEPS`` steps and the callback stops it: the steps, users and seconds
   measured are reported; the epoch time beside them is *extrapolated* (steps per epoch x seconds
-  per step) and labelled so. Scoring: ``score`` in batches of 1,024 users (its
+  per step) and labelled so. On the synthetic set (quick and full) Mult-VAE is measured twice, at
+  its defaults and with its fast path (``FAST_PATH``: ``sparse_input`` and ``fused_adam``, the
+  same model and loss; issue 16), in separate subprocesses one after the other; each run's
+  ``variant`` says which. Scoring: ``score`` in batches of 1,024 users (its
   ``eval_batch_size``), after one untimed batch that traces the ``tf.function``; capped as EASE's
   on the full synthetic set.
 - The 1-minute load average at the start and the end of every timed step: the machine has 2 cores
@@ -58,6 +61,8 @@ WARMUP_STEPS, TIMED_STEPS = 10, 200
 WARMUP_STEPS_QUICK, TIMED_STEPS_QUICK = 3, 20
 #: users scored on the full synthetic set (all of them on the others)
 SCORE_USERS_FULL = 50 * SCORE_BATCH
+#: multvae's fast path (research/models/keras/multvae.py's "Fast path"), measured beside its defaults
+FAST_PATH = {"sparse_input": True, "fused_adam": True}
 
 
 def _load() -> float | None:
@@ -148,10 +153,11 @@ def measure_ease(data: dict, max_score_users: int | None = None) -> dict:
 
 
 def measure_multvae(data: dict, epochs: int = 1, stop_after_steps: int | None = None,
-                    warmup_steps: int = 0, max_score_users: int | None = None) -> dict:
-    """(Subprocess target) load ``data``, train ``MultVAE`` for ``epochs`` full epochs (the first
-    untimed), or, with ``stop_after_steps``, for that many gradient steps of which the first
-    ``warmup_steps`` are untimed; then time ``score``."""
+                    warmup_steps: int = 0, max_score_users: int | None = None,
+                    params: dict | None = None) -> dict:
+    """(Subprocess target) load ``data``, train ``MultVAE(**params)`` for ``epochs`` full epochs
+    (the first untimed), or, with ``stop_after_steps``, for that many gradient steps of which the
+    first ``warmup_steps`` are untimed; then time ``score``."""
     import research  # noqa: F401  (legacy Keras before TensorFlow)
     from research.bench.report import peak_rss_mb
     from research.models.keras.common import tf
@@ -193,7 +199,7 @@ def measure_multvae(data: dict, epochs: int = 1, stop_after_steps: int | None = 
 
     train, val, info = load_data(data)
     input_rss = peak_rss_mb()
-    model = MultVAE(epochs=epochs)
+    model = MultVAE(epochs=epochs, **(params or {}))
     timer = Timer(stop_after_steps)
     l0, t0, c0 = _load(), time.perf_counter(), _cpu()
     model.fit(train, val, epochs=epochs, early_stopping=False, callbacks=[timer])
@@ -242,7 +248,9 @@ def measure_multvae(data: dict, epochs: int = 1, stop_after_steps: int | None = 
     score = _score_loop(model.score, n_users, max_score_users)
     score.update(peak_rss_mb=peak_rss_mb(), warmup="one untimed batch (tf.function tracing)")
     params = {k: v for k, v in model.get_config().items() if k not in ("epochs", "checkpoint_dir", "verbose")}
-    return {"model": "multvae", "params": {**params, "modelled_items": int(len(model.fit_state["out_items"]))},
+    variant = "fast_path" if params.get("sparse_input") or params.get("fused_adam") else "default"
+    return {"model": "multvae", "variant": variant,
+            "params": {**params, "modelled_items": int(len(model.fit_state["out_items"]))},
             "data": info, "input_rss_mb": input_rss, "fit": fit, "score": score}
 
 
@@ -265,6 +273,9 @@ def run(quick: bool = False) -> dict:
                  {"max_score_users": SCORE_USERS_FULL if big else None}),
                 ("multvae", "research.bench.autoencoders:measure_multvae",
                  {**vae, "max_score_users": SCORE_USERS_FULL if big else None})]
+        if name == "synthetic":
+            plan.append(("multvae (fast path)", "research.bench.autoencoders:measure_multvae",
+                         {**vae, "max_score_users": SCORE_USERS_FULL if big else None, "params": FAST_PATH}))
         for model, target, kw in plan:
             print(f"[bench] autoencoders: {model} on {name} ...", flush=True, file=sys.stderr)
             try:
@@ -276,7 +287,7 @@ def run(quick: bool = False) -> dict:
                          "rss_after_imports_mb": out["rss_after_imports_mb"],
                          "process_seconds": out["process_seconds"], "call_cpu_seconds": out["cpu_seconds"]})
     configs = {json.dumps({k: v for k, v in r["params"].items() if k != "modelled_items"}, sort_keys=True,
-                          default=str) for r in runs if r["model"] == "multvae"}
+                          default=str) for r in runs if r["model"] == "multvae" and r.get("variant") != "fast_path"}
     if len(configs) > 1:  # research/models/keras/multvae.py's defaults changed during the run
         notes.append("multvae ran with different configurations on different data sets (its defaults "
                      "changed during the run): compare its rows with care; see each run's params")
@@ -324,11 +335,13 @@ def markdown(res: dict) -> str:
                 what = (f"train: {fit['timed_steps']:,} steps after {fit['warmup_steps']} untimed "
                         f"({fit['timed_users']:,} users), {_f(fit['seconds_per_step'])} s/step; epoch of "
                         f"{fit['steps_per_epoch']:,} steps ≈ {_f(fit['epoch_seconds'])} s (*extrapolated*)")
-            rows.append([r["dataset"], size, f"multvae ({r['params']['modelled_items']:,} anime modelled)",
+            fast = " fast path (sparse_input, fused_adam)" if r.get("variant") == "fast_path" else ""
+            rows.append([r["dataset"], size, f"multvae{fast} ({r['params']['modelled_items']:,} anime modelled)",
                          what, _f(fit["timed_seconds"]), _f(fit["timed_cpu_seconds"]), _f(fit["users_per_s"]),
                          f"{fit['peak_rss_mb']:,.0f}", _ld(fit)])
         part = "all" if sc["users"] == sc["of_users"] else "first"
-        rows.append([r["dataset"], size, r["model"], f"score: {part} {sc['users']:,} of {sc['of_users']:,} users",
+        label = r["model"] + (" fast path" if r.get("variant") == "fast_path" else "")
+        rows.append([r["dataset"], size, label, f"score: {part} {sc['users']:,} of {sc['of_users']:,} users",
                      _f(sc["seconds"]), _f(sc["cpu_seconds"]), _f(sc["users_per_s"]),
                      f"{r['peak_rss_mb']:,.0f}", _ld(sc)])
     batches = sorted({r["params"].get("batch_size") for r in res.get("runs", []) if r["model"] == "multvae"})
@@ -344,4 +357,6 @@ def markdown(res: dict) -> str:
         "shared 2-core machine (the load average is beside each row; CPU seconds count every thread). "
         "Peak RSS is the subprocess's high-water mark at the end of the step, data loading included. "
         "Real sets: seed-0 split, fit on train; synthetic: `neighbors`' long-tailed matrix, all rows "
-        "in training.", "", table])
+        "in training. Mult-VAE's fast path (`sparse_input`, `fused_adam`: the same model and loss, "
+        "its bag kept sparse and Adam's update fused) is measured on the synthetic set beside its defaults.",
+        "", table])
