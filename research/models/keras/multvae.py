@@ -120,11 +120,13 @@ first encoder layer as a dense matmul over the batch's distinct anime only, the 
 sparse x dense product, and the nll as (Σ x) · logsumexp(logits) − Σ_{x_i≠0} x_i logit_i;
 ``fused_adam`` runs Adam's dense update (the same formula) as TensorFlow's fused kernel. The same
 model and loss: losses, gradients and logits equal the dense path's to 2e-5 of each array's scale
-(``tests/test_multvae_sparse.py``, every option above). Measured (issue 16) on 20,000 users of the
-bench's synthetic matrix (183 anime a user, 17,562 modelled), hidden 600, 2 shared cores at load
-6-7, interleaved runs: batch 128, 0.387 -> 0.188 s a step (both options; fused_adam alone 0.249,
-sparse_input alone 0.340), i.e. an epoch of 310,059 users ~940 -> ~456 s; batch 1,024, 1.60 ->
-1.39 s a step. What is left is per user and dense: the output layer's three B x 600 x anime
+(``tests/test_multvae_sparse.py``, every option above). Measured (issue 16) at batch 128 and
+hidden 600 on 2 shared cores: 60,000 users of the bench's synthetic matrix (183 anime a user,
+17,365 modelled), default and fast runs alternated twice at load 5.5-6.2: 0.310 / 0.343 -> 0.220 /
+0.243 s a step (1.41x), an epoch of 310,059 users ~750-830 -> ~530-590 s; on 20,000 users (17,562
+anime, load 5.9-7.4, runs in sequence) both options 0.188, fused_adam alone 0.249, sparse_input
+alone 0.340, neither 0.387 s a step (Adam's update alone: 130-140 -> 40-45 ms a step); batch
+1,024: 1.60 -> 1.39 s a step. What is left is per user and dense: the output layer's three B x 600 x anime
 products (~0.75 ms a user at the ~85-120 GFLOPS these cores give), the softmax over every anime, and
 the (B, anime) uniform draw the exact dropout mask needs (18 ms at batch 128); a larger batch
 therefore saves little (Adam's ~45 ms a step, amortised).
