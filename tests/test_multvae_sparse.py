@@ -72,9 +72,7 @@ def _loss_and_grads(model, users, step):
     users = tf.constant(users, tf.int32)
     step = tf.constant(step, tf.int64)
     with tf.GradientTape() as tape:
-        nll, kl = model.losses_of(users, step, training=True)
-        kl_part, _ = model.kl_term(users, step, kl)
-        reg = tf.add_n(model.losses) if model.losses else tf.constant(0.0)
+        nll, kl, kl_part, _, reg = model.objective_terms(users, step)  # the train step's own terms
         total = nll + kl_part + reg
     grads = model._dense_grads(tape.gradient(total, model.trainable_variables))
     return [float(nll), float(kl), float(total)], [None if g is None else tf.convert_to_tensor(g).numpy()

@@ -504,13 +504,20 @@ class _MultVAEModel(TFRSModel):
         if replicas > 1:
             return self._replica_train_step(users, step, replicas)
         with tf.GradientTape() as tape:
-            nll, kl = self.losses_of(users, step, training=True)
-            kl_part, beta = self.kl_term(users, step, kl)
-            reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+            nll, kl, kl_part, beta, reg = self.objective_terms(users, step)
             total = nll + kl_part + reg
         grads = self._dense_grads(tape.gradient(total, self.trainable_variables))
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         return self._train_logs(users, total, nll, kl, beta)
+
+    def objective_terms(self, users, step, rows=None):
+        """The training step's terms for ``users`` at ``step`` (call inside the gradient tape):
+        the mean nll, the mean KL, the KL term β · KL with its β, and the layer penalties; ``rows``
+        as in ``losses_of`` (a replica's slice of the global batch)."""
+        nll, kl = self.losses_of(users, step, training=True, rows=rows)
+        kl_part, beta = self.kl_term(users, step, kl)
+        reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
+        return nll, kl, kl_part, beta, reg
 
     def _dense_grads(self, grads):
         """The sparse input layer's gradient (IndexedSlices over the batch's anime) as the dense
@@ -532,10 +539,8 @@ class _MultVAEModel(TFRSModel):
         share = self.replica_share(n, tf.cast(rows[1], tf.float32))
         some = n > 0  # an empty slice (a last batch smaller than the replica count): means are NaN
         with tf.GradientTape() as tape:
-            nll, kl = self.losses_of(users, step, training=True, rows=rows)
-            kl_part, beta = self.kl_term(users, step, kl)
+            nll, kl, kl_part, beta, reg = self.objective_terms(users, step, rows=rows)
             nll, kl, kl_part = (tf.where(some, v, tf.zeros_like(v)) for v in (nll, kl, kl_part))
-            reg = tf.add_n(self.losses) if self.losses else tf.constant(0.0)
             objective = share * (nll + kl_part) + reg / float(replicas)
         grads = self._dense_grads(tape.gradient(objective, self.trainable_variables))
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))

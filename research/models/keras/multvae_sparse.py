@@ -26,6 +26,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 import research  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from research.models.keras.optimizers import adam_state
 
 
 def bag_tensor(rowids, cols, vals, n_rows, n_cols) -> tf.SparseTensor:
@@ -83,13 +84,8 @@ class FusedAdam(tf.keras.optimizers.Adam):
         if (isinstance(gradient, tf.IndexedSlices) or self.amsgrad or getattr(self, "adaptive_epsilon", False)
                 or tf.distribute.has_strategy()):
             return super().update_step(gradient, variable)
+        lr, local_step, beta_1, beta_2, m, v = adam_state(self, variable)
         dtype = variable.dtype
-        lr = tf.cast(self.learning_rate, dtype)
-        local_step = tf.cast(self.iterations + 1, dtype)
-        beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        key = self._var_key(variable)
-        m = self._momentums[self._index_dict[key]]
-        v = self._velocities[self._index_dict[key]]
         return tf.raw_ops.ResourceApplyAdam(
             var=variable.handle, m=m.handle, v=v.handle, beta1_power=tf.pow(beta_1, local_step),
             beta2_power=tf.pow(beta_2, local_step), lr=lr, beta1=beta_1, beta2=beta_2,

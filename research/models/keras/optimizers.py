@@ -10,6 +10,16 @@ import tensorflow as tf
 import research  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 
 
+def adam_state(opt, variable):
+    """What an Adam update of ``variable`` reads from a Keras Adam ``opt``: the learning rate, the
+    step (``iterations + 1``), β1 and β2 in the variable's dtype, and its first and second moment
+    slots."""
+    dtype = variable.dtype
+    key = opt._var_key(variable)
+    return (tf.cast(opt.learning_rate, dtype), tf.cast(opt.iterations + 1, dtype), tf.cast(opt.beta_1, dtype),
+            tf.cast(opt.beta_2, dtype), opt._momentums[opt._index_dict[key]], opt._velocities[opt._index_dict[key]])
+
+
 class LazyAdam(tf.keras.optimizers.Adam):
     """Adam that, for sparse (embedding) gradients, updates only the rows in the batch.
 
@@ -22,13 +32,7 @@ class LazyAdam(tf.keras.optimizers.Adam):
     def update_step(self, gradient, variable):
         if not isinstance(gradient, tf.IndexedSlices):
             return super().update_step(gradient, variable)
-        dtype = variable.dtype
-        lr = tf.cast(self.learning_rate, dtype)
-        step = tf.cast(self.iterations + 1, dtype)
-        b1, b2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        key = self._var_key(variable)
-        m = self._momentums[self._index_dict[key]]
-        v = self._velocities[self._index_dict[key]]
+        lr, step, b1, b2, m, v = adam_state(self, variable)
         alpha = lr * tf.sqrt(1 - tf.pow(b2, step)) / (1 - tf.pow(b1, step))
         rows, pos = tf.unique(gradient.indices)
         g = tf.math.unsorted_segment_sum(gradient.values, pos, tf.shape(rows)[0])
