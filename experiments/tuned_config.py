@@ -8,6 +8,13 @@ that runs all of them, tuned and default, over several seeds with the same proto
 refit (``split.fit_on = "train+val"``, scored on test), beside the trivial baselines of base.toml.
 Numbers are never copied by hand: rerun the searches and this script, and the config follows.
 
+With ``--blend``, two more models: ``blend_tuned`` (and ``blend`` at its defaults beside it), the stacked ensemble (``research.models.blend``)
+over the blend's default classical bases (bias, item_knn, user_knn at their defaults) plus every
+searched *project* rating model named on the command line at its tuned configuration (the peers'
+searches are not bases: the blend is ours). The rule is fixed in advance, so no choice of bases
+looks at test; each base gets its search's refit parameters, the epochs included (inside the blend
+a base trains without a validation part).
+
     python experiments/tuned_config.py --out experiments/configs/ranking_peak.toml \
         --experiment ranking_peak --seeds 0 1 2 experiments/configs/tune_{ease,multvae,...}.toml
 """
@@ -63,13 +70,30 @@ def _earlier(cfg, seed: int):
     return earlier_search(cfg, seed, make_split(ds.interactions, cfg.split, seed))
 
 
+def _blend_table(tuned: dict) -> str:
+    """``[models.blend_tuned]`` over the default bases plus ``tuned`` (registry type -> refit params)."""
+    from research.models.blend import DEFAULT_BASES
+
+    bases = list(DEFAULT_BASES) + [t for t in tuned if t not in DEFAULT_BASES]
+    lines = ["# the blend at its defaults (bias, item_knn, user_knn), for comparison", "[models.blend]", "",
+             "# the stacked ensemble of the blend's default bases and every tuned project rating model above",
+             "[models.blend_tuned]", 'type = "blend"', f"bases = {_toml_value(bases)}"]
+    for typ, params in tuned.items():
+        lines += ["", f"[models.blend_tuned.base_params.{typ}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in sorted(params.items())]
+    return "\n".join(lines) + "\n"
+
+
 def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: bool = True,
-          data_from: str | None = None, skip_defaults: tuple = ()) -> str:
+          data_from: str | None = None, skip_defaults: tuple = (), blend: bool = False) -> str:
     """The text of the config (see the module docstring). With ``data_from``, the run uses that
     config's data, and a search on other data is taken as a transfer: its models are named
     ``<model>_tuned_from_<source of the search>`` and labelled so."""
+    from research.models.registry import PEER_MODELS
+
     data = _data(config.load(data_from)) if data_from else None
     tables = []
+    blend_bases = {}  # registry type -> tuned refit params of our rating models
     for path in tune_configs:
         cfg = config.load(path)
         spec = tuned_spec(cfg)
@@ -93,6 +117,10 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
                 f"{tuned['val_value']:.4f}; default {tuned['default_val_value']:.4f})"
         what = "searched on other data and transferred here" if suffix else "tuned"
         tables.append(_table(f"{spec.name}_tuned{suffix}", spec.type, tuned["refit_params"], f"{what}: {where}"))
+        if blend and spec.type not in PEER_MODELS and tuned["objective"] in ("rmse", "mae"):
+            if spec.type in blend_bases:
+                raise SystemExit(f"{path}: a second search of {spec.type}: a blend takes each base once")
+            blend_bases[spec.type] = tuned["refit_params"]
         if defaults and not suffix and spec.name not in skip_defaults:  # a transfer's default: the local row
             tables.append(_table(spec.name, spec.type, tuned["default_refit_params"],
                                  f"its default, with the refit's epochs if it stops early ({Path(path).name})"))
@@ -104,6 +132,10 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
             f"seeds = {_toml_value(list(seeds))}", "", "[data]"]
     head += [f"{k} = {_toml_value(v)}" for k, v in sorted(data.items())]
     head += ["", "[split]", 'fit_on = "train+val"', ""]
+    if blend:
+        if not blend_bases:
+            raise SystemExit("--blend: none of the searches is of a project rating model (objective rmse or mae)")
+        tables.append(_blend_table(blend_bases))
     return "\n".join(head) + "\n" + "\n".join(tables)
 
 
@@ -118,9 +150,11 @@ def main(argv=None) -> int:
                    help="no default row for these (e.g. a model whose constructor defaults are now its "
                         "search's best, so that the search's recorded default no longer describes it)")
     p.add_argument("--data-from", help="take the data from this config; searches on other data are transfers")
+    p.add_argument("--blend", action="store_true",
+                   help="add blend_tuned: the blend's default bases plus every tuned project rating model")
     args = p.parse_args(argv)
     text = build(args.tune_configs, args.experiment, args.seeds, defaults=not args.no_defaults,
-                 data_from=args.data_from, skip_defaults=tuple(args.skip_default))
+                 data_from=args.data_from, skip_defaults=tuple(args.skip_default), blend=args.blend)
     config.from_dict(tomllib.loads(text))  # the written config must load
     Path(args.out).write_text(text)
     print(f"wrote {args.out}", file=sys.stderr)

@@ -1,0 +1,73 @@
+"""experiments/tuned_config.py: the tuned-against-tuned config written from finished searches."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from research import config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("tuned_config", ROOT / "experiments" / "tuned_config.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _search(tmp_path, model: str, typ: str, objective: str, refit: dict) -> tuple[Path, Path]:
+    """A tune config of ``model`` and a folder holding a finished search's metrics.json."""
+    cfg = tmp_path / f"tune_{model}.toml"
+    cfg.write_text(f'experiment = "tune_{model}"\n[data]\nsource = "synth"\n'
+                   f'[tune]\nmodel = "{model}"\nobjective = "{objective}"\n'
+                   f'[models.{model}]\ntype = "{typ}"\n')
+    folder = tmp_path / "runs" / model
+    folder.mkdir(parents=True)
+    tuned = {"trial_id": "3", "objective": objective, "val_value": 1.2, "default_val_value": 1.3,
+             "refit_params": refit, "default_refit_params": {}}
+    (folder / "metrics.json").write_text(json.dumps({"tuned": tuned}))
+    return cfg, folder
+
+
+@pytest.fixture
+def searches(tmp_path, monkeypatch):
+    mod = _script()
+    made = {"bias": _search(tmp_path, "bias", "bias", "rmse", {"user_damping": 4.0}),
+            "embedding_dot": _search(tmp_path, "embedding_dot", "embedding_dot", "rmse", {"dim": 19, "epochs": 27}),
+            "surprise_svd": _search(tmp_path, "surprise_svd", "surprise_svd", "rmse", {"n_factors": 64}),
+            "ease": _search(tmp_path, "ease", "ease", "ndcg@10", {"l2": 300.0})}
+    monkeypatch.setattr(mod, "tuning_dir", lambda cfg, seed: made[cfg.tune.model][1])
+    return mod, {k: str(v[0]) for k, v in made.items()}
+
+
+def test_blend_takes_our_tuned_rating_models_and_not_the_peers_or_rankers(searches):
+    mod, cfgs = searches
+    text = mod.build([cfgs["embedding_dot"], cfgs["surprise_svd"], cfgs["ease"]], "peak", [0, 1], blend=True)
+    cfg = config.from_dict(tomllib.loads(text))  # loads, and every model is buildable by name
+    models = tomllib.loads(text)["models"]
+    assert models["blend"] == {}  # the default blend beside it
+    b = models["blend_tuned"]
+    assert b["type"] == "blend" and b["bases"] == ["bias", "item_knn", "user_knn", "embedding_dot"]
+    assert b["base_params"] == {"embedding_dot": {"dim": 19, "epochs": 27}}  # the search's refit, epochs included
+    assert models["surprise_svd_tuned"]["n_factors"] == 64 and "surprise_svd" not in b["bases"]
+    assert "ease" not in b["bases"]  # a ranking search is not a rating base
+    assert cfg.split.fit_on == "train+val"
+
+
+def test_a_tuned_default_base_replaces_its_default(searches):
+    mod, cfgs = searches
+    b = tomllib.loads(mod.build([cfgs["bias"], cfgs["embedding_dot"]], "peak", [0], blend=True))["models"]["blend_tuned"]
+    assert b["bases"] == ["bias", "item_knn", "user_knn", "embedding_dot"]  # bias once, at its tuned values
+    assert b["base_params"]["bias"] == {"user_damping": 4.0}
+
+
+def test_blend_needs_a_rating_search(searches):
+    mod, cfgs = searches
+    with pytest.raises(SystemExit, match="none of the searches"):
+        mod.build([cfgs["ease"]], "peak", [0], blend=True)
+    assert "blend" not in tomllib.loads(mod.build([cfgs["ease"]], "peak", [0]))["models"]
