@@ -13,11 +13,19 @@ cd "$(dirname "$0")/.."
 export ANIMEREC_DATA="${ANIMEREC_DATA:-$(cd .. && pwd)/shared/data}"
 PY="${PYTHON:-python3}"
 CFG=experiments/configs
-RUNS=(leaderboard cooperunion_5k kmeans_elbow dnn_curves study_protocol study_protocol_score0 tuned_vs_peers)
-# the ranking models and peers, searched with one budget per data set (then ranking_peak*)
-RANKERS=(ease multvae two_tower item_knn implicit_als implicit_bpr)
-TUNES=(tune_embedding_dot tune_dnn tune_kmeans)
-for m in "${RANKERS[@]}"; do TUNES+=("tune_$m" "tune_${m}_5k"); done
+RUNS=(leaderboard cooperunion_5k kmeans_elbow dnn_curves study_protocol study_protocol_score0 tuned_vs_peers
+      rating_defaults rating_defaults_5k)
+# the models and peers searched with one budget per data set, then run tuned against tuned
+# (ranking_peak*, rating_peak*). On the 5k set the Keras ranker searched is Mult-VAE with RecVAE's
+# pieces (tune_recvae_5k); tune_multvae_5k and tune_two_tower_5k are not in the default steps (a
+# trial is 15-80 min on 2 cores: run them by name).
+RANKERS=(ease multvae item_knn implicit_als implicit_bpr)
+RANKERS_5K=(ease recvae item_knn implicit_als implicit_bpr)
+RATERS=(svdpp autorec embedding_dot dnn surprise_svd surprise_svdpp surprise_knnbaseline)
+RATERS_5K=(embedding_dot dnn surprise_svd surprise_svdpp surprise_knnbaseline)
+TUNES=(tune_kmeans tune_two_tower tune_recommendernet tune_recommendernet_study)
+for m in "${RANKERS[@]}" "${RATERS[@]}"; do TUNES+=("tune_$m"); done
+for m in "${RANKERS_5K[@]}" "${RATERS_5K[@]}"; do TUNES+=("tune_${m}_5k"); done
 
 step() {  # step NAME COMMAND...: run it, print its wall time
   local name="$1"; shift
@@ -55,13 +63,24 @@ done
 # default, fitted on train + validation, 3 seeds (the config is written from the finished searches)
 if wanted peak || wanted ranking_peak; then
   step "write ranking_peak.toml" "$PY" experiments/tuned_config.py --out "$CFG/ranking_peak.toml" \
-    --experiment ranking_peak $(for m in "${RANKERS[@]}"; do echo "$CFG/tune_$m.toml"; done)
+    --experiment ranking_peak --skip-default multvae $(for m in "${RANKERS[@]}"; do echo "$CFG/tune_$m.toml"; done)
   step "run ranking_peak" "$PY" -m research run -q "$CFG/ranking_peak.toml"
 fi
 if wanted peak || wanted ranking_peak_5k; then
   step "write ranking_peak_5k.toml" "$PY" experiments/tuned_config.py --out "$CFG/ranking_peak_5k.toml" \
-    --experiment ranking_peak_5k $(for m in "${RANKERS[@]}"; do echo "$CFG/tune_${m}_5k.toml"; done)
+    --experiment ranking_peak_5k $(for m in "${RANKERS_5K[@]}"; do echo "$CFG/tune_${m}_5k.toml"; done)
   step "run ranking_peak_5k" "$PY" -m research run -q "$CFG/ranking_peak_5k.toml"
+fi
+# the rating models: the same, plus blend_tuned (the blend over our tuned rating models)
+if wanted peak || wanted rating_peak; then
+  step "write rating_peak.toml" "$PY" experiments/tuned_config.py --out "$CFG/rating_peak.toml" \
+    --experiment rating_peak --blend $(for m in "${RATERS[@]}"; do echo "$CFG/tune_$m.toml"; done)
+  step "run rating_peak" "$PY" -m research run -q "$CFG/rating_peak.toml"
+fi
+if wanted peak || wanted rating_peak_5k; then
+  step "write rating_peak_5k.toml" "$PY" experiments/tuned_config.py --out "$CFG/rating_peak_5k.toml" \
+    --experiment rating_peak_5k --blend $(for m in "${RATERS_5K[@]}"; do echo "$CFG/tune_${m}_5k.toml"; done)
+  step "run rating_peak_5k" "$PY" -m research run -q "$CFG/rating_peak_5k.toml"
 fi
 if wanted elbow || wanted kmeans_elbow; then
   step "kmeans elbow curve" "$PY" experiments/kmeans_elbow.py "$CFG/kmeans_elbow.toml"
