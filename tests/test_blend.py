@@ -158,7 +158,8 @@ def test_predictions_clipped_and_score_ranks_every_candidate(split):
     u5 = np.repeat(np.arange(5), split.train.n_items)
     raw = m._blend(u5, np.tile(np.arange(split.train.n_items), 5)).reshape(5, -1)
     trained = np.bincount(split.train.item, minlength=split.train.n_items) > 0
-    np.testing.assert_allclose(s[:, trained], raw[:, trained])       # the unclipped blended rating
+    # the unclipped blended rating (score predicts the kNN base by blocks: float32 summation order)
+    np.testing.assert_allclose(s[:, trained], raw[:, trained], rtol=1e-6)
     assert (s[:, ~trained] < s[:, trained].min()).all()
 
 
@@ -236,3 +237,17 @@ def test_mean_weights_are_the_bases_total_weight_at_mean_activity(split):
     assert m.extra_metrics()["blend.mean_weight.item_knn"] == pytest.approx(slope.mean())
     plain = Blend(bases=["bias"], activity=False).fit(split.train, split.val)
     assert plain.mean_weight_ == {"bias": pytest.approx(plain.coef_[0])}
+
+
+# ---- the kNN bases' block prediction (what score uses) -----------------------------------------
+@pytest.mark.parametrize("name", ["item_knn", "user_knn"])
+@pytest.mark.parametrize("params", [{}, {"similarity": "cosine", "pred_damping": 2.0},
+                                    {"similarity": "pearson", "k": 5}])
+def test_knn_predict_grid_is_predict_of_every_pair(split, name, params):
+    m = registry.build(name, dict(params), seed=0).fit(split.train, split.val)
+    users, items = np.array([3, 0, 7, 7, 50]), np.arange(split.train.n_items)[::-1]
+    grid = m.predict_grid(users, items)
+    pairs = m.predict(np.repeat(users, len(items)), np.tile(items, len(users))).reshape(len(users), -1)
+    assert grid.shape == (5, len(items))
+    np.testing.assert_allclose(grid, pairs, rtol=0, atol=1e-5)
+    assert np.ptp(grid) > 0.5  # not a constant: the neighbourhoods move the predictions

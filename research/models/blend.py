@@ -30,9 +30,12 @@ Which rows each stage saw:
 Predictions (``predict``) are clipped to the rating range of ``train``'s rated rows. ``score``
 ranks by the unclipped blended rating of every anime that has a row in ``train`` (the harness's
 candidates; others score ``lo - 1``, below every rating), as ``embedding_dot`` ranks by its
-unclipped rating (clipping would tie the top of the list). It calls every base's ``predict`` on
-users x candidates pairs: the harness's test evaluation of the default blend took 60-63 s on the
-sample (575 users x the anime of its 71,999 training rows), against 2 s for ``item_knn``.
+unclipped rating (clipping would tie the top of the list). It asks every base for the ratings of
+a block of users x candidates: the kNN bases answer by ``predict_grid`` (two sparse products; equal
+to their pair-by-pair ``predict`` up to float32 summation order, ~1e-6), the others by ``predict``
+on the pairs. On the 5k CooperUnion set the default blend scores 100 users x 7,080 anime in 0.2 s
+by blocks against 4.0 s pair by pair (the harness's test evaluation of 4,620 users: seconds
+instead of minutes).
 
 ``extra_metrics()`` reports what the blend relies on: ``blend.intercept``, ``blend.coef.<feature>``
 (raw scale; features ``<base>``, ``log1p_n_user``, ``log1p_n_item``, ``<base>*log1p_n_user``,
@@ -251,15 +254,18 @@ class Blend(Recommender):
         lu, li = np.log1p(self.n_user_[users]), np.log1p(self.n_item_[items])
         return np.column_stack([P, lu, li, P * lu[:, None], P * li[:, None]])
 
-    def _blend(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """intercept + features @ coef, accumulated base by base (no feature matrix)."""
+    def _blend(self, users: np.ndarray, items: np.ndarray, grid=None) -> np.ndarray:
+        """intercept + features @ coef, accumulated base by base (no feature matrix). With ``grid
+        = (u, it)`` the pairs are ``u x it`` in row-major order, and a base with ``predict_grid``
+        (the kNNs) predicts the block at once instead of pair by pair."""
         k = len(self.bases_)
         out = np.full(len(users), self.intercept_, dtype=np.float64)
         if self.activity:
             lu, li = np.log1p(self.n_user_[users]), np.log1p(self.n_item_[items])
             out += self.coef_[k] * lu + self.coef_[k + 1] * li
         for j, b in enumerate(self.bases_):
-            p = np.asarray(b.predict(users, items), dtype=np.float64)
+            by_grid = getattr(b, "predict_grid", None) if grid is not None else None
+            p = np.asarray(by_grid(*grid).ravel() if by_grid else b.predict(users, items), dtype=np.float64)
             w = self.coef_[j]
             if self.activity:
                 w = w + self.coef_[k + 2 + j] * lu + self.coef_[2 * k + 2 + j] * li
@@ -278,7 +284,7 @@ class Blend(Recommender):
         step = max(1, _SCORE_PAIRS // max(len(items), 1))
         for s in range(0, len(users), step):
             u = users[s:s + step]
-            pred = self._blend(np.repeat(u, len(items)), np.tile(items, len(u)))
+            pred = self._blend(np.repeat(u, len(items)), np.tile(items, len(u)), grid=(u, items))
             out[s:s + step, items] = pred.reshape(len(u), len(items))
         return out
 

@@ -364,6 +364,11 @@ def _pairwise_rows(left: sp.csr_matrix, right: sp.csr_matrix) -> np.ndarray:
     return np.asarray(left.multiply(right).sum(axis=1), dtype=np.float64).ravel()
 
 
+def _dense(m) -> np.ndarray:
+    """A sparse product as a float64 array."""
+    return np.asarray(m.toarray(), dtype=np.float64)
+
+
 class _KNN(Recommender):
     """What UserKNN and ItemKNN share; subclasses say which side the rows are."""
 
@@ -476,7 +481,23 @@ class _KNN(Recommender):
         b = self.baseline
         return np.clip(out, b.lo, b.hi) if b.clip else out
 
+    def predict_grid(self, users, items) -> np.ndarray:
+        """``predict`` of every pair of ``users`` x ``items``, shape ``(len(users), len(items))``:
+        the same numerator and denominator as two sparse products instead of pair by pair (the
+        blend's all-items scoring asks for whole blocks; 10-100x faster there). Equal to
+        ``predict`` up to the float32 summation order of the products."""
+        users = np.asarray(users, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        num, den = self._num_den_grid(users, items)
+        dev = np.divide(num, den + self.pred_damping, out=np.zeros_like(num), where=den > 0)
+        b = self.baseline
+        out = b.mu + b.bu[users][:, None] + b.bi[items][None, :] + dev
+        return np.clip(out, b.lo, b.hi) if b.clip else out
+
     def _num_den(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def _num_den_grid(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
     # ---- neighbours ---------------------------------------------------------------------
@@ -539,6 +560,10 @@ class ItemKNN(_KNN):
         s = self.sim_[items]
         return (_pairwise_rows(s, self.resid[users]),
                 _pairwise_rows(self.sim_abs_[items], self.rated_pattern[users]))
+
+    def _num_den_grid(self, users, items):
+        return (_dense(self.resid[users] @ self.sim_[items].T),
+                _dense(self.rated_pattern[users] @ self.sim_abs_[items].T))
 
     def score(self, users) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
@@ -605,6 +630,10 @@ class UserKNN(_KNN):
     def _num_den(self, users, items):
         return (_pairwise_rows(self.sim_[users], self.resid_t[items]),
                 _pairwise_rows(self.sim_abs_[users], self.rated_pattern_t[items]))
+
+    def _num_den_grid(self, users, items):
+        return (_dense(self.sim_[users] @ self.resid_t[items].T),
+                _dense(self.sim_abs_[users] @ self.rated_pattern_t[items].T))
 
     def score(self, users) -> np.ndarray:
         users = np.asarray(users, dtype=np.int64)
