@@ -8,12 +8,12 @@ that runs all of them, tuned and default, over several seeds with the same proto
 refit (``split.fit_on = "train+val"``, scored on test), beside the trivial baselines of base.toml.
 Numbers are never copied by hand: rerun the searches and this script, and the config follows.
 
-With ``--blend``, two more models: ``blend_tuned`` (and ``blend`` at its defaults beside it), the stacked ensemble (``research.models.blend``)
-over the blend's default classical bases (bias, item_knn, user_knn at their defaults) plus every
-searched *project* rating model named on the command line at its tuned configuration (the peers'
-searches are not bases: the blend is ours). The rule is fixed in advance, so no choice of bases
-looks at test; each base gets its search's refit parameters, the epochs included (inside the blend
-a base trains without a validation part).
+With ``--blend``, two more models: ``blend_tuned`` (and ``blend`` at its defaults beside it),
+the stacked ensemble (``research.models.blend``) over the blend's default classical bases (bias,
+item_knn, user_knn at their defaults) plus every searched *project* rating model named on the
+command line at its tuned configuration (the peers' searches are not bases: the blend is ours).
+The rule is fixed in advance, so no choice of bases looks at test; each base gets its search's
+refit parameters, the epochs included (inside the blend a base trains without a validation part).
 
     python experiments/tuned_config.py --out experiments/configs/ranking_peak.toml \
         --experiment ranking_peak --seeds 0 1 2 experiments/configs/tune_{ease,multvae,...}.toml
