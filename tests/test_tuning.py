@@ -377,3 +377,19 @@ def test_importing_the_tuning_package_loads_no_tensorflow():
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "[]"
+
+
+def test_bayesian_proposals_stay_inside_an_int_box():
+    """keras-tuner's Int maps the GP optimiser's upper bound (prob 1.0) to max + 1; the project's
+    Bayesian oracle clamps it (a search once ran dim = 129 in a box of 8-128)."""
+    import keras_tuner as kt
+
+    from research.tuning.oracles import _bayesian_class
+    from research.tuning.space import hyperparameters
+
+    hps = hyperparameters({"dim": {"type": "int", "min": 8, "max": 128, "sampling": "log"},
+                           "k": {"type": "int", "min": 1, "max": 10}})
+    assert hps._hps["dim"][0].prob_to_value(1.0) == 129  # the library's behaviour this guards against
+    o = _bayesian_class()(objective=kt.Objective("rmse", "min"), hyperparameters=hps, max_trials=3, seed=1)
+    assert o._vector_to_values([1.0, 1.0]) == {"dim": 128, "k": 10}
+    assert o._vector_to_values([0.0, 0.0]) == {"dim": 8, "k": 1}

@@ -83,6 +83,15 @@ def _bayesian_class():
         import keras_tuner as kt
 
         class NoRepeatBayesianOracle(kt.oracles.BayesianOptimizationOracle):
+            def _vector_to_values(self, vector):
+                # keras-tuner 1.4.8's Int.prob_to_value maps prob 1.0 (the upper bound the GP's
+                # acquisition optimiser may return) to max + 1: clamp into the declared box
+                values = super()._vector_to_values(vector)
+                for hp in self.hyperparameters.space:
+                    if isinstance(hp, kt.engine.hyperparameters.Int) and hp.name in values:
+                        values[hp.name] = min(max(int(values[hp.name]), hp.min_value), hp.max_value)
+                return values
+
             def populate_space(self, trial_id):
                 response = super().populate_space(trial_id)
                 values = response.get("values")
