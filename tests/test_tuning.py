@@ -379,6 +379,7 @@ def test_importing_the_tuning_package_loads_no_tensorflow():
     assert p.stdout.strip() == "[]"
 
 
+@pytest.mark.keras
 def test_bayesian_proposals_stay_inside_an_int_box():
     """keras-tuner's Int maps the GP optimiser's upper bound (prob 1.0) to max + 1; the project's
     Bayesian oracle clamps it (a search once ran dim = 129 in a box of 8-128)."""

@@ -473,13 +473,8 @@ class _KNN(Recommender):
         step = 1 << 16  # pairs per chunk: each chunk holds two (pairs x n) sparse row selections
         for s in range(0, len(users), step):
             u, i = users[s:s + step], items[s:s + step]
-            num, den = self._num_den(u, i)
-            # pred_damping: a pseudo-weight of neighbours with deviation 0, so that one weak
-            # neighbour does not move the prediction by its whole deviation
-            dev = np.divide(num, den + self.pred_damping, out=np.zeros_like(num), where=den > 0)
-            out[s:s + step] = self._baseline_raw(u, i) + dev
-        b = self.baseline
-        return np.clip(out, b.lo, b.hi) if b.clip else out
+            out[s:s + step] = self._rating(self._baseline_raw(u, i), *self._num_den(u, i))
+        return out
 
     def predict_grid(self, users, items) -> np.ndarray:
         """``predict`` of every pair of ``users`` x ``items``, shape ``(len(users), len(items))``:
@@ -488,11 +483,16 @@ class _KNN(Recommender):
         ``predict`` up to the float32 summation order of the products."""
         users = np.asarray(users, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
-        num, den = self._num_den_grid(users, items)
+        b = self.baseline
+        return self._rating(b.mu + b.bu[users][:, None] + b.bi[items][None, :], *self._num_den_grid(users, items))
+
+    def _rating(self, base: np.ndarray, num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        """The unclipped baseline plus the neighbours' damped deviation, clipped as the baseline
+        clips. ``pred_damping``: a pseudo-weight of neighbours with deviation 0, so that one weak
+        neighbour does not move the prediction by its whole deviation."""
         dev = np.divide(num, den + self.pred_damping, out=np.zeros_like(num), where=den > 0)
         b = self.baseline
-        out = b.mu + b.bu[users][:, None] + b.bi[items][None, :] + dev
-        return np.clip(out, b.lo, b.hi) if b.clip else out
+        return np.clip(base + dev, b.lo, b.hi) if b.clip else base + dev
 
     def _num_den(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError

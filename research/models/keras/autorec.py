@@ -309,8 +309,9 @@ class AutoRec(KerasRecommender):
         items = np.flatnonzero(known).astype(np.int32)
         b = self.eval_batch_size
         h = np.zeros((self.meta.n_items, self.hidden), np.float32)
-        for s in range(0, len(items), b):  # eagerly: a few large batches; a tf.function made per
-            h[items[s:s + b]] = m.code(tf.constant(items[s:s + b])).numpy()  # fit retraced each search trial
+        # eagerly: a few large batches (a tf.function made per fit retraced in every search trial)
+        for s in range(0, len(items), b):
+            h[items[s:s + b]] = m.code(tf.constant(items[s:s + b])).numpy()
         self._H = h
         self._V = m.decoder.kernel.numpy().T.copy()  # (n_users, hidden)
         self._c = m.decoder.bias.numpy()
