@@ -19,7 +19,8 @@ Both wall-clock rates and rates per CPU-second of this process are reported: on 
 much of the machine the process actually got.
 
 Run: ``python -m research.bench.throughput [n_ratings] [batch_size ...]`` (``embedding_dot`` only;
-``animerec bench throughput`` runs all three models).
+``animerec bench throughput`` runs ``embedding_dot`` and ``dnn``; ``two_tower`` at its defaults is
+``animerec bench two_tower_speed``'s, and ``two_tower_throughput`` stays for ad-hoc runs).
 """
 from __future__ import annotations
 
