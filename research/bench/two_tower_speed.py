@@ -17,9 +17,9 @@ Each measurement runs in its own subprocess (``report.in_subprocess``); the load
 and after is beside each row (2 shared cores: a load above 2 slows every wall-clock number).
 
 A full run writes ``results/bench/two_tower_speed.json`` and its row of ``results/bench/SUMMARY.md``
-(none committed yet: the first full run, 2026-12-01, did not finish beside a search; the epoch
-numbers measured then are in ``two_tower.py``'s docstring). Before this option a 5k epoch took ~62 s
-of training alone (367 steps of ~0.17 s at load ~4.9 on 2 cores, 6.1k pairs/s); the step's time went
+(first full run committed 2026-12-02, load 2.6-4.3 beside a nice-19 search: 5k 10.1k pairs/s
+hand-written vs 5.8k autodiff; 10M synthetic 5.7k vs 4.0k). Before this option a 5k epoch took
+~62 s of training alone (367 steps of ~0.17 s at load ~4.9 on 2 cores, 6.1k pairs/s); the step's time went
 to the (B x N) softmax and its autodiff gradient (~0.12-0.14 CPU s of ~0.2: three dense temporaries,
 a scatter of the B x |history| masked entries into a dense (B x N) gradient at ~35 ms, the matmuls
 ~45 ms) and the history sums of the user tower (~0.06 CPU s: an unsorted segment sum of ~140k
