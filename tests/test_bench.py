@@ -158,3 +158,39 @@ def test_a_broken_dependency_is_a_failure_not_a_skip(monkeypatch):
     res = serving.run(quick=True)
     assert res["status"] == "failed" and res["cases"] == []
     assert any("ImportError: boom" in n for n in res["notes"])
+
+
+def test_time_to_accuracy_reads_the_10m_searches(tmp_path, monkeypatch):
+    """The tuned time-to-accuracy case takes each 10M search's chosen hyperparameters (not its epoch
+    count), says which search has not run yet, and the table names what was chosen."""
+    import research.tuning as tuning
+    from research import config as C
+    from research.bench import peers
+
+    dirs = {"tune_embedding_dot_synth10m": tmp_path / "emb", "tune_surprise_svd_synth10m": tmp_path / "svd"}
+    monkeypatch.setattr(tuning, "tuning_dir", lambda cfg, seed: dirs[cfg.experiment])
+    params, missing = peers.searched_at_size()
+    assert params is None and len(missing) == 2 and "not searched at this size yet" in missing[0]
+
+    dirs["tune_embedding_dot_synth10m"].mkdir()
+    (dirs["tune_embedding_dot_synth10m"] / "metrics.json").write_text(json.dumps(
+        {"tuned": {"hyperparameters": {"dim": 40, "learning_rate": 0.02, "batch_size": 262144, "epochs": 15}}}))
+    params, missing = peers.searched_at_size()
+    assert params is None and len(missing) == 1 and "surprise_svd" in missing[0]
+    dirs["tune_surprise_svd_synth10m"].mkdir()
+    (dirs["tune_surprise_svd_synth10m"] / "metrics.json").write_text(json.dumps(
+        {"tuned": {"hyperparameters": {"n_factors": 50, "reg_all": 0.05}}}))
+    params, missing = peers.searched_at_size()
+    assert not missing
+    assert params == {"embedding_dot": {"dim": 40, "learning_rate": 0.02, "batch_size": 262144},
+                      "surprise_svd": {"n_factors": 50, "reg_all": 0.05}}
+
+    # the two searches share the benchmark's 10M data and split
+    a, b = (C.load(p) for p in peers.TTA_SEARCHES.values())
+    assert a.data == b.data and a.synth == b.synth and a.split == b.split and a.synth.users == 55_000
+
+    case = {"data": "synthetic, both searched at this size", "train_rows": 10, "searched": params,
+            "svd": {"test_rmse": 0.9, "fit_seconds": 2.0, "fit_cpu_seconds": 2.0},
+            "embedding_dot": {"reached": None, "curve": [{}], "best_test_rmse": 0.95}}
+    md = peers.markdown_time_to_accuracy({"cases": [case]})
+    assert "embedding_dot batch_size=262144, dim=40, learning_rate=0.02" in md and "n_factors=50" in md

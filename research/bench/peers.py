@@ -9,7 +9,12 @@ Goals: best project model RMSE <= 0.97 x best peer; ndcg@10 >= 1.10 x implicit A
 
 ``time_to_accuracy``: wall time for ``embedding_dot`` to reach Surprise SVD's test RMSE on the
 same split (both fitted on the training part only), as a ratio to SVD's own fit time. Test RMSE
-is measured after each epoch from the model's weights; evaluation time is subtracted.
+is measured after each epoch from the model's weights; evaluation time is subtracted. Cases: the
+real sample and ~10M synthetic ratings at both models' defaults, and the 10M set again with each
+model at the configuration its search chose on validation at that size
+(``tune_embedding_dot_synth10m.toml``, ``tune_surprise_svd_synth10m.toml``: same data, split and
+trial budget); a search not run yet is a note, not a row. The 10M data are those searches' data
+section (one definition).
 """
 from __future__ import annotations
 
@@ -204,16 +209,48 @@ def run_time_to_accuracy(quick: bool = False) -> dict:
         notes.append(f"real sample failed: {type(exc).__name__}: {exc}")
     if not quick:
         try:
-            scfg = C.from_dict({"data": {"source": "synth"}, "seeds": [0],
-                                "synth": {"users": 55_000, "items": 17_500, "ratings_per_user": 182, "seed": 0}})
+            scfg = C.load(TTA_SEARCHES["embedding_dot"])  # its data, split and seed: the searches'
             ds, loader = load_data(scfg)
-            cases.append(_tta_case(f"synthetic {len(ds.interactions):,} ratings", ds, scfg, max_epochs=30))
+            label = f"synthetic {len(ds.interactions):,} ratings"
+            cases.append(_tta_case(f"{label}, defaults", ds, scfg, max_epochs=30))
+            tuned, missing = searched_at_size()
+            if tuned:
+                cases.append(_tta_case(f"{label}, both searched at this size", ds, scfg, max_epochs=30,
+                                       emb_params=tuned["embedding_dot"], svd_params=tuned["surprise_svd"]))
+            notes += missing
         except Exception as exc:
             notes.append(f"10M synthetic failed: {type(exc).__name__}: {exc}")
     return {"status": "ok" if cases else "failed", "cases": cases, "notes": notes}
 
 
-def _tta_case(label: str, dataset, cfg, max_epochs: int, emb_params: dict | None = None) -> dict:
+#: the searches at the 10M size whose choices the tuned time-to-accuracy case uses
+TTA_SEARCHES = {"embedding_dot": CONFIGS / "tune_embedding_dot_synth10m.toml",
+                "surprise_svd": CONFIGS / "tune_surprise_svd_synth10m.toml"}
+
+
+def searched_at_size() -> tuple[dict | None, list[str]]:
+    """({"embedding_dot": params, "surprise_svd": params} chosen by the two 10M searches on
+    validation, or None) and notes naming each search that has not finished. The epoch count is
+    left to the benchmark (it trains until it reaches SVD's rmse or its epoch cap)."""
+    from research import config as C
+    from research.results import read_json
+    from research.tuning import tuning_dir
+
+    params, missing = {}, []
+    for model, path in TTA_SEARCHES.items():
+        cfg = C.load(path)
+        metrics = tuning_dir(cfg, int(cfg.seeds[0])) / "metrics.json"
+        if not metrics.is_file():
+            missing.append(f"{model} not searched at this size yet (animerec tune {path.relative_to(REPO_ROOT)}): "
+                           "no tuned row")
+            continue
+        tuned = read_json(metrics)["tuned"]
+        params[model] = {k: v for k, v in tuned["hyperparameters"].items() if k != "epochs"}
+    return (params if len(params) == len(TTA_SEARCHES) else None), missing
+
+
+def _tta_case(label: str, dataset, cfg, max_epochs: int, emb_params: dict | None = None,
+              svd_params: dict | None = None) -> dict:
     import research.models.keras.embedding_dot as E  # noqa: F401  (TensorFlow import before timing)
     from research.data.splits import make_split
     from research.eval.metrics import rmse
@@ -221,14 +258,14 @@ def _tta_case(label: str, dataset, cfg, max_epochs: int, emb_params: dict | None
 
     split = make_split(dataset.interactions, cfg.split, 0)
     test = split.test.only_rated()
-    # the reference: Surprise SVD (library defaults) on the same training rows
-    svd = registry.build("surprise_svd", {}, seed=0)
+    # the reference: Surprise SVD (library defaults, or a search's choice) on the same training rows
+    svd = registry.build("surprise_svd", dict(svd_params or {}), seed=0)
     t, c = time.perf_counter(), time.process_time()
     svd.fit(split.train)
     svd_fit, svd_cpu = time.perf_counter() - t, time.process_time() - c
     target = rmse(test.rating, svd.predict(test.user, test.item))
 
-    params = {"epochs": max_epochs, "early_stopping": False, **(emb_params or {})}
+    params = {**(emb_params or {}), "epochs": max_epochs, "early_stopping": False}
     emb = registry.build("embedding_dot", params, seed=0)
     import tensorflow as tf
 
@@ -252,6 +289,7 @@ def _tta_case(label: str, dataset, cfg, max_epochs: int, emb_params: dict | None
     state["t0"], state["c0"] = time.perf_counter(), time.process_time()
     emb.fit(split.train, None, callbacks=[_Probe()])  # no Keras validation pass in the timing
     out = {"data": label, "rows": len(dataset.interactions), "train_rows": len(split.train),
+           "searched": {"embedding_dot": dict(emb_params or {}), "surprise_svd": dict(svd_params or {})},
            "svd": {"params": svd.params, "fit_seconds": svd_fit, "fit_cpu_seconds": svd_cpu, "test_rmse": target},
            "embedding_dot": {"params": {**emb.get_config()}, "curve": curve,
                              "best_test_rmse": min((c["test_rmse"] for c in curve), default=None)}}
@@ -279,7 +317,14 @@ def markdown_time_to_accuracy(res: dict) -> str:
                      f"{c['svd'].get('fit_cpu_seconds', float('nan')):.1f}",
                      f"{reached['cpu_seconds']:.1f}" if reached and "cpu_seconds" in reached else None,
                      f"{c['cpu_time_ratio_vs_svd_fit']:.2f}" if reached and "cpu_time_ratio_vs_svd_fit" in c else None])
+    chosen = [f"- {c['data']}: " + "; ".join(f"{m} {_params(p)}" for m, p in c["searched"].items() if p)
+              for c in res["cases"] if any((c.get("searched") or {}).values())]
     return md_table(["data", "train rows", "SVD test rmse", "SVD fit s", "embedding_dot s to reach it",
                      "ratio (wall)", "SVD fit CPU s", "embedding_dot CPU s", "ratio (CPU)"], rows) + (
         "\n\nWall times include time spent waiting for a core on a shared machine; CPU seconds count "
-        "all threads of the process (TensorFlow uses several), so the CPU ratio charges TF for its parallelism.")
+        "all threads of the process (TensorFlow uses several), so the CPU ratio charges TF for its parallelism."
+    ) + ("\n\nChosen on validation at that size (the rest at defaults):\n\n" + "\n".join(chosen) if chosen else "")
+
+
+def _params(p: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(p.items()))
