@@ -173,13 +173,17 @@ def test_time_to_accuracy_reads_the_10m_searches(tmp_path, monkeypatch):
     assert params is None and len(missing) == 2 and "not searched at this size yet" in missing[0]
 
     dirs["tune_embedding_dot_synth10m"].mkdir()
-    (dirs["tune_embedding_dot_synth10m"] / "metrics.json").write_text(json.dumps(
-        {"tuned": {"hyperparameters": {"dim": 40, "learning_rate": 0.02, "batch_size": 262144, "epochs": 15}}}))
+    (dirs["tune_embedding_dot_synth10m"] / "tuning.json").write_text(json.dumps(
+        {"status": "finished",
+         "best": {"hyperparameters": {"dim": 40, "learning_rate": 0.02, "batch_size": 262144, "epochs": 15}}}))
     params, missing = peers.searched_at_size()
     assert params is None and len(missing) == 1 and "surprise_svd" in missing[0]
     dirs["tune_surprise_svd_synth10m"].mkdir()
-    (dirs["tune_surprise_svd_synth10m"] / "metrics.json").write_text(json.dumps(
-        {"tuned": {"hyperparameters": {"n_factors": 50, "reg_all": 0.05}}}))
+    (dirs["tune_surprise_svd_synth10m"] / "tuning.json").write_text(json.dumps(
+        {"status": "running", "best": {"hyperparameters": {"n_factors": 50, "reg_all": 0.05}}}))
+    assert peers.searched_at_size()[0] is None  # an unfinished search is not taken
+    (dirs["tune_surprise_svd_synth10m"] / "tuning.json").write_text(json.dumps(
+        {"status": "finished", "best": {"hyperparameters": {"n_factors": 50, "reg_all": 0.05}}}))
     params, missing = peers.searched_at_size()
     assert not missing
     assert params == {"embedding_dot": {"dim": 40, "learning_rate": 0.02, "batch_size": 262144},

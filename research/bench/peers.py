@@ -230,8 +230,9 @@ TTA_SEARCHES = {"embedding_dot": CONFIGS / "tune_embedding_dot_synth10m.toml",
 
 def searched_at_size() -> tuple[dict | None, list[str]]:
     """({"embedding_dot": params, "surprise_svd": params} chosen by the two 10M searches on
-    validation, or None) and notes naming each search that has not finished. The epoch count is
-    left to the benchmark (it trains until it reaches SVD's rmse or its epoch cap)."""
+    validation (their ``tuning.json``'s best: they neither refit nor look at test), or None) and
+    notes naming each search that has not finished. The epoch count is left to the benchmark (it
+    trains until it reaches SVD's rmse or its epoch cap)."""
     from research import config as C
     from research.results import read_json
     from research.tuning import tuning_dir
@@ -239,13 +240,13 @@ def searched_at_size() -> tuple[dict | None, list[str]]:
     params, missing = {}, []
     for model, path in TTA_SEARCHES.items():
         cfg = C.load(path)
-        metrics = tuning_dir(cfg, int(cfg.seeds[0])) / "metrics.json"
-        if not metrics.is_file():
+        summary = tuning_dir(cfg, int(cfg.seeds[0])) / "tuning.json"
+        done = read_json(summary) if summary.is_file() else {}
+        if done.get("status") != "finished" or not done.get("best"):
             missing.append(f"{model} not searched at this size yet (animerec tune {path.relative_to(REPO_ROOT)}): "
                            "no tuned row")
             continue
-        tuned = read_json(metrics)["tuned"]
-        params[model] = {k: v for k, v in tuned["hyperparameters"].items() if k != "epochs"}
+        params[model] = {k: v for k, v in done["best"]["hyperparameters"].items() if k != "epochs"}
     return (params if len(params) == len(TTA_SEARCHES) else None), missing
 
 
