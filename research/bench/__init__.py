@@ -113,9 +113,8 @@ def run_throughput(quick: bool = False) -> dict:
     from research.bench import report
 
     sizes = [100_000] if quick else [1_000_000, 10_000_000]
-    # function -> (batch size, epochs, variants); the first epoch (tracing) is excluded from the rates
     epochs = 2 if quick else 3
-    # function -> (epochs, variants: each its batch size and options)
+    # function -> (epochs, variants: each its batch size and options); the first epoch (tracing) is not timed
     plan = {"embedding_dot_throughput": (epochs, [{"batch_size": 65_536, "optimizer": "adam"},
                                                   {"batch_size": 65_536, "optimizer": "lazy_adam"},
                                                   {"batch_size": 262_144, "optimizer": "adam"}]),
