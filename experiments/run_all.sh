@@ -18,7 +18,7 @@ RUNS=(leaderboard cooperunion_5k kmeans_elbow dnn_curves study_protocol study_pr
 # the models and peers searched with one budget per data set, then run tuned against tuned
 # (ranking_peak*, rating_peak*). On the 5k set the Keras ranker searched is Mult-VAE with RecVAE's
 # pieces (tune_recvae_5k); tune_multvae_5k and tune_two_tower_5k are not in the default steps (a
-# trial is 15-80 min on 2 cores: run them by name), nor is tune_autorec_5k (2-4 h: its 5k fit is 10-17 min).
+# trial is 15-80 min on 2 cores: run them by name), nor is tune_autorec_5k (~1.5 h: 1.3-7.6 min a trial).
 RANKERS=(ease multvae item_knn implicit_als implicit_bpr)
 RANKERS_5K=(ease recvae item_knn implicit_als implicit_bpr)
 RATERS=(svdpp autorec embedding_dot dnn surprise_svd surprise_svdpp surprise_knnbaseline)
