@@ -161,8 +161,8 @@ def test_a_broken_dependency_is_a_failure_not_a_skip(monkeypatch):
 
 
 def test_time_to_accuracy_reads_the_10m_searches(tmp_path, monkeypatch):
-    """The tuned time-to-accuracy case takes each 10M search's chosen hyperparameters (not its epoch
-    count), says which search has not run yet, and the table names what was chosen."""
+    """The tuned time-to-accuracy case takes each finished 10M search's chosen hyperparameters, says
+    which search has not finished yet, and the table names what was chosen."""
     import research.tuning as tuning
     from research import config as C
     from research.bench import peers
@@ -175,7 +175,7 @@ def test_time_to_accuracy_reads_the_10m_searches(tmp_path, monkeypatch):
     dirs["tune_embedding_dot_synth10m"].mkdir()
     (dirs["tune_embedding_dot_synth10m"] / "tuning.json").write_text(json.dumps(
         {"status": "finished",
-         "best": {"hyperparameters": {"dim": 40, "learning_rate": 0.02, "batch_size": 262144, "epochs": 15}}}))
+         "best": {"hyperparameters": {"dim": 40, "learning_rate": 0.02, "batch_size": 262144}}}))
     params, missing = peers.searched_at_size()
     assert params is None and len(missing) == 1 and "surprise_svd" in missing[0]
     dirs["tune_surprise_svd_synth10m"].mkdir()

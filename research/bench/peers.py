@@ -231,8 +231,8 @@ TTA_SEARCHES = {"embedding_dot": CONFIGS / "tune_embedding_dot_synth10m.toml",
 def searched_at_size() -> tuple[dict | None, list[str]]:
     """({"embedding_dot": params, "surprise_svd": params} chosen by the two 10M searches on
     validation (their ``tuning.json``'s best: they neither refit nor look at test), or None) and
-    notes naming each search that has not finished. The epoch count is left to the benchmark (it
-    trains until it reaches SVD's rmse or its epoch cap)."""
+    notes naming each search that has not finished. ``_tta_case`` sets embedding_dot's epochs
+    itself (it trains until it reaches SVD's rmse or its epoch cap)."""
     from research import config as C
     from research.results import read_json
     from research.tuning import tuning_dir
@@ -246,7 +246,7 @@ def searched_at_size() -> tuple[dict | None, list[str]]:
             missing.append(f"{model} not searched at this size yet (animerec tune {path.relative_to(REPO_ROOT)}): "
                            "no tuned row")
             continue
-        params[model] = {k: v for k, v in done["best"]["hyperparameters"].items() if k != "epochs"}
+        params[model] = dict(done["best"]["hyperparameters"])
     return (params if len(params) == len(TTA_SEARCHES) else None), missing
 
 
@@ -328,4 +328,6 @@ def markdown_time_to_accuracy(res: dict) -> str:
 
 
 def _params(p: dict) -> str:
-    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(p.items()))
+    from research.tuning.context import short  # how the searches print their trials
+
+    return ", ".join(f"{k}={short(v)}" for k, v in sorted(p.items()))
