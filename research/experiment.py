@@ -13,9 +13,10 @@ files; ``data_id`` computes the same value before loading by hashing the files t
 read, without parsing them, so ``finished`` (``run --keep-finished``), ``tuning.tuning_dir`` and
 the showcase find a run without loading the data. A folder written before ids covered the data
 (``<config hash>-seed<seed>``) is still used for the same config when its ``manifest.json``
-shows the same data. Running the same config on the same data again resumes an unfinished run
-(models already measured are kept, Keras models resume from their checkpoints) or, once
-finished, replaces it with a fresh run.
+shows the same data, and one whose name no scheme reproduces (``earlier_run``) when its
+``config.json`` and ``manifest.json`` show the same config and data. Running the same config on
+the same data again resumes an unfinished run (models already measured are kept, Keras models
+resume from their checkpoints) or, once finished, replaces it with a fresh run.
 
 Held-out users (``split.kind = "users"``): with ``fit_on = "train"`` each model is fitted on
 ``split.train`` with ``split.fit_val()`` (every row of the validation users) as its validation
@@ -31,6 +32,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,8 +40,10 @@ from pathlib import Path
 from research import progress
 from research import results as R
 from research.config import SECTIONS, Config
+from research.config import from_dict as config_from_dict
 from research.data.load import load_dataset
 from research.data.splits import make_split
+from research.errors import ConfigError
 from research.eval.harness import evaluate
 from research.models import registry
 from research.models.base import NotSupported, Recommender
@@ -198,7 +202,36 @@ def locate(parent: Path, cfg: Config, seed: int, data: str, prefix: str = "") ->
             return old
     except (OSError, ValueError):
         pass
+    if not prefix:  # run folders; searches have their own content check (tuning.folder.earlier_search)
+        return earlier_run(Path(parent), cfg, seed, data) or path
     return path
+
+
+_ID_NAME = re.compile(r"[0-9a-f]{10}(_[0-9a-z]+)?-seed(\d+)")
+
+
+def earlier_run(parent: Path, cfg: Config, seed: int, data: str) -> Path | None:
+    """A run folder of this config, seed and data named by an id scheme none of ``locate``'s names
+    reproduces (a legacy id hashed every key the config had then, so a key added since with a
+    default renames it): found by content, its ``config.json`` giving the same ``config_hash`` and
+    its ``manifest.json`` the same data id. Finished folders first, then the most recent; None if
+    none matches. Folders whose files do not parse are passed over, never executed or repaired."""
+    want = config_hash(cfg)
+    found = []
+    for d in parent.glob(f"*-seed{seed}") if parent.is_dir() else ():
+        m = _ID_NAME.fullmatch(d.name)
+        if not m or int(m.group(2)) != seed or not (d / "config.json").is_file():
+            continue
+        try:
+            stored = {k: v for k, v in R.read_json(d / "config.json").items() if k not in ("seed", "source_file")}
+            same = config_hash(config_from_dict(stored)) == want
+            manifest = R.read_json(d / "manifest.json") if same else {}
+        except (OSError, ValueError, ConfigError, TypeError):
+            continue
+        if same and (manifest.get("data_id") or manifest_id(manifest)) == data:
+            status = R.read_json(d / "status.json") if (d / "status.json").is_file() else {}
+            found.append((status.get("status") == "finished", d.stat().st_mtime, d))
+    return max(found)[2] if found else None
 
 
 def build_models(cfg: Config, seed: int) -> list:

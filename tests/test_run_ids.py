@@ -297,3 +297,26 @@ def test_a_folder_named_with_the_full_config_is_still_found(tmp_path, monkeypatc
     new.rename(old)
     assert finished(cfg, 0) == old
     assert run(cfg, quiet=True, keep_finished=True) == [old]
+
+
+def test_a_folder_no_name_scheme_reproduces_is_found_by_its_content(tmp_path, monkeypatch, two_folders):
+    """A legacy id hashed every key the config had then, so a key added since renames it where no
+    name ``locate`` tries matches: such a folder is found by its ``config.json`` and ``manifest.json``
+    (``earlier_run``), for the same config and data only, and an unfinished one resumes there."""
+    a, b, _ = two_folders
+    cfg = _cfg(tmp_path)
+    monkeypatch.setenv("ANIMEREC_DATA", str(a))
+    (new,) = run(cfg, quiet=True)
+    old = new.parent / "0123456789-seed0"  # a name none of the schemes gives
+    new.rename(old)
+    assert finished(cfg, 0) == old
+    assert run(cfg, quiet=True, keep_finished=True) == [old]
+    other_cfg = _cfg(tmp_path, extra="[models.item_knn]\n")  # another config: not its folder
+    assert finished(other_cfg, 0) is None and run_folder(other_cfg, 0).path != old
+    monkeypatch.setenv("ANIMEREC_DATA", str(b))  # other data: not its folder
+    assert finished(cfg, 0) is None and run_folder(cfg, 0).path != old
+    monkeypatch.setenv("ANIMEREC_DATA", str(a))
+    (old / "status.json").write_text('{"status": "running"}')
+    assert finished(cfg, 0) is None and run_folder(cfg, 0).path == old  # unfinished: resumed there
+    (old / "config.json").write_text("{not json")
+    assert run_folder(cfg, 0).path != old  # unreadable: passed over
