@@ -19,7 +19,10 @@ recently finished run), one per seed, and writes
 - ``results/tables/<experiment>_verify.md`` when those runs hold a ``verify.json`` (``animerec
   verify``: the run's models folded in for a later file's users): what was verified on, the
   per-model table (mean ± std over the runs verified), the models that could not fold in and why,
-  and the row balance of each verification — written from the files, never pasted.
+  and the row balance of each verification — written from the files, never pasted;
+- ``results/tables/<experiment>_trials.md`` for an experiment with searches (``tune-*/tuning.json``,
+  the newest per seed): every trial's hyperparameters, validation objective, epochs and seconds —
+  also for a search without a final refit, which has no harness table.
 
 Which pairs the tests use:
 
@@ -39,6 +42,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -475,6 +479,68 @@ def _num(x) -> str:
     return "" if x is None else repr(float(x))
 
 
+# ---- searches: every trial of a tuning.json ---------------------------------------------------
+
+def searches(results_dir: Path, experiment: str | None = None) -> dict[str, list[dict]]:
+    """The ``tuning.json`` of every search under ``results_dir/runs`` (or the one experiment's), the
+    newest per seed, by experiment name; a file that does not parse is left out (read, never run)."""
+    from research.results import read_json, runs_root
+
+    root = runs_root(results_dir)
+    found: dict[str, dict[int, tuple[float, dict]]] = {}
+    for f in root.glob(f"{experiment or '*'}/tune-*/tuning.json") if root.is_dir() else ():
+        try:
+            meta = read_json(f)
+        except (OSError, ValueError):
+            continue
+        if not isinstance(meta, dict) or not isinstance(meta.get("trials"), list):
+            continue
+        seed = int(meta.get("seed", 0) or 0)
+        per_seed = found.setdefault(f.parent.parent.name, {})
+        if seed not in per_seed or f.stat().st_mtime > per_seed[seed][0]:
+            per_seed[seed] = (f.stat().st_mtime, meta)
+    return {name: [per_seed[s][1] for s in sorted(per_seed)] for name, per_seed in sorted(found.items())}
+
+
+def _trial_value(v) -> str:
+    return "—" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def trials_markdown(name: str, metas: list[dict]) -> str:
+    """One table per search (seed): every trial in the order it ran, its hyperparameters, the
+    validation objective, epochs and seconds; the best trial in bold, the defaults' trial marked.
+    Written for every search, also one without a final refit (no ``metrics.json``, no harness table)."""
+    lines = [f"# {name}: the search's trials", ""]
+    for meta in metas:
+        space = list((meta.get("space") or {}).keys())
+        best = (meta.get("best") or {}).get("trial_id")
+        objective = meta.get("objective", "objective")
+        lines += [f"Seed {meta.get('seed', 0)}: {meta.get('model', '?')} ({meta.get('type', '?')}), "
+                  f"oracle {meta.get('oracle', '?')}, {meta.get('n_completed', 0)} of "
+                  f"{meta.get('max_trials', '?')} trials completed ({meta.get('status', '?')}); objective "
+                  f"{objective} on {meta.get('scored_on', 'validation')} ({meta.get('direction', '?')}); "
+                  f"data {meta.get('dataset', '?')}, split {meta.get('split', '?')}; fixed "
+                  f"{json.dumps(meta.get('fixed_params') or {}, sort_keys=True)}.", ""]
+        lines.append("| trial | status | " + " | ".join(space) + f" | {objective} | best epoch / epochs | seconds |")
+        lines.append("|---|---|" + "---:|" * (len(space) + 3))
+        for t in meta["trials"]:
+            hp = t.get("hyperparameters") or {}
+            m = t.get("metrics") or {}
+            epochs = (f"{m['best_epoch']} / {m['fit_epochs']}" if "best_epoch" in m and "fit_epochs" in m
+                      else _trial_value(m.get("fit_epochs")))
+            value = _trial_value(t.get("objective"))
+            tid = str(t.get("trial_id", "?")) + (" (defaults)" if t.get("is_default") else "")
+            if t.get("trial_id") == best:
+                value, tid = f"**{value}**", f"**{tid}**"
+            lines.append(f"| {tid} | {t.get('status', '?')} | "
+                         + " | ".join(_trial_value(hp.get(k)) for k in space)
+                         + f" | {value} | {epochs} | {_trial_value(t.get('seconds'))} |")
+        lines += ["", f"Search time {_trial_value(meta.get('search_seconds'))} s, peak RSS "
+                      f"{_trial_value(meta.get('max_rss_mb'))} MB. Values are the validation part's: the "
+                      f"test part is never seen by a search.", ""]
+    return "\n".join(lines)
+
+
 def build(experiment: str | None = None, results_dir: Path | None = None,
           figures: bool = True) -> list[Path]:
     """Rebuild ``results/tables/<experiment>.{md,csv}`` and the figures from the run folders.
@@ -493,9 +559,14 @@ def build(experiment: str | None = None, results_dir: Path | None = None,
 
     results_dir = Path(results_dir) if results_dir is not None else REPO_ROOT / "results"
     exps = gather(results_dir, experiment)
-    if experiment and not exps:
-        raise ConfigError(f"no finished runs of experiment {experiment!r} under {results_dir / 'runs'}")
+    found = searches(results_dir, experiment)
+    if experiment and not exps and not found:
+        raise ConfigError(f"no finished runs or searches of experiment {experiment!r} under {results_dir / 'runs'}")
     written = []
+    for name, metas in found.items():
+        tm = results_dir / "tables" / f"{name}_trials.md"
+        atomic_write_text(tm, trials_markdown(name, metas))
+        written.append(tm)
     for exp in exps:
         md = results_dir / "tables" / f"{exp.name}.md"
         atomic_write_text(md, experiment_markdown(exp))
@@ -514,5 +585,5 @@ def build(experiment: str | None = None, results_dir: Path | None = None,
     return written
 
 
-__all__ = ["markdown_table", "build", "gather", "aggregate", "experiment_markdown", "experiment_csv",
-           "wilcoxon_p", "holm"]
+__all__ = ["markdown_table", "build", "gather", "searches", "trials_markdown", "aggregate", "experiment_markdown",
+           "experiment_csv", "wilcoxon_p", "holm"]

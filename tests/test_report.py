@@ -183,3 +183,38 @@ def test_same_seed_same_table(tmp_path):
     assert tables[0] == tables[1]
     assert reports[0] == reports[1]
     assert " bias |" in tables[0] and "ndcg@10" in tables[0]
+
+
+def test_a_search_without_a_refit_gets_its_trials_table(tmp_path):
+    """A search with ``retrain_on_full = false`` writes no metrics.json: ``report`` still writes its
+    trials (hyperparameters, objective, epochs, the best in bold, the defaults marked), newest per
+    seed, and passes over a tuning.json that does not parse."""
+    def write(folder: str, trials: list, best: str, seed: int = 0) -> Path:
+        d = tmp_path / "runs" / "tune_x" / folder
+        d.mkdir(parents=True)
+        (d / "tuning.json").write_text(json.dumps({
+            "seed": seed, "model": "m", "type": "embedding_dot", "oracle": "bayesian", "objective": "rmse",
+            "direction": "min", "scored_on": "validation", "max_trials": 3, "n_completed": len(trials),
+            "status": "finished", "space": {"dim": {}, "l2": {}}, "fixed_params": {"epochs": 5},
+            "trials": trials, "best": {"trial_id": best}, "search_seconds": 12.0, "max_rss_mb": 100.0}))
+        return d
+    def trial(tid: str, dim: int, value: float, **kw) -> dict:
+        return {"trial_id": tid, "status": "COMPLETED", "hyperparameters": {"dim": dim, "l2": 0.5},
+                "objective": value, "metrics": {"fit_epochs": 5, "best_epoch": 3}, "seconds": 2.0, **kw}
+    write("tune-old-seed0", [trial("0", 8, 0.99)], "0")
+    import os
+    import time
+    os.utime(tmp_path / "runs" / "tune_x" / "tune-old-seed0" / "tuning.json", (time.time() - 100,) * 2)
+    write("tune-new-seed0", [trial("0", 16, 0.91, is_default=True), trial("1", 32, 0.87),
+                             {"trial_id": "2", "status": "FAILED", "hyperparameters": {"dim": 64}}], "1")
+    (tmp_path / "runs" / "tune_x" / "tune-bad-seed1").mkdir()
+    (tmp_path / "runs" / "tune_x" / "tune-bad-seed1" / "tuning.json").write_text("{not json")
+    written = report.build("tune_x", results_dir=tmp_path, figures=False)
+    assert [p.name for p in written] == ["tune_x_trials.md"]
+    text = written[0].read_text()
+    assert "| 0 (defaults) | COMPLETED | 16 | 0.5 | 0.91 | 3 / 5 | 2 |" in text
+    assert "| **1** | COMPLETED | 32 | 0.5 | **0.87** | 3 / 5 | 2 |" in text
+    assert "| 2 | FAILED | 64 | — | — | — | — |" in text
+    assert "0.99" not in text and "Seed 1" not in text  # the older search of seed 0; the unreadable one
+    with pytest.raises(Exception, match="no finished runs or searches"):
+        report.build("tune_y", results_dir=tmp_path, figures=False)
