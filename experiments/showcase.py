@@ -36,7 +36,8 @@ def ensure_run(cfg) -> Path:
     import dataclasses
 
     from research.data.load import load_dataset
-    from research.experiment import data_id, finished, run_seed
+    from research.experiment import finished, run_seed
+    from research.run_ids import data_id
 
     seed = int(cfg.seeds[0])
     root = R.runs_root(cfg.results_path)

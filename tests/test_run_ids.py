@@ -14,17 +14,8 @@ import pytest
 from research import config
 from research.data import prepare
 from research.data.load import load_dataset
-from research.experiment import (
-    _full_config_hash,
-    _legacy_config_hash,
-    config_hash,
-    data_id,
-    dataset_id,
-    finished,
-    run,
-    run_folder,
-    run_id,
-)
+from research.experiment import finished, run, run_folder
+from research.run_ids import _full_config_hash, _legacy_config_hash, config_hash, data_id, dataset_id, run_id
 
 MODELS = "[models.global_mean]\n[models.bias]\n[models.popularity]\n"
 

@@ -268,7 +268,7 @@ def test_refit_takes_the_default_from_its_trial_instead_of_fitting_it_again(tmp_
 
 def tuning_dir_of(cfg):
     """The tuning folder of ``cfg`` on ``_dataset()`` (the folder's name covers the data)."""
-    from research.experiment import dataset_id
+    from research.run_ids import dataset_id
     from research.tuning import tuning_dir
 
     return tuning_dir(cfg, 0, dataset_id(_dataset()))

@@ -68,7 +68,7 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
         dataset = load_dataset(cfg, quiet=quiet)
     seed_everything(seed)
     split = make_split(dataset.interactions, cfg.split, seed)
-    from research.experiment import dataset_id
+    from research.run_ids import dataset_id
 
     out = tuning_dir(cfg, seed, dataset_id(dataset))
     if not (out / "tuning.json").is_file():

@@ -1,9 +1,9 @@
 """Where a search lives and when it may resume there.
 
 **Folder**: ``results/runs/<experiment>/tune-<config hash>_<data id>-seed<seed>/``. The hash is
-:func:`research.experiment.config_hash` of the config with ``tune.max_trials`` and
+:func:`research.run_ids.config_hash` of the config with ``tune.max_trials`` and
 ``tune.retrain_on_full`` blanked, so raising the trial budget extends the same search; the data
-id (:func:`research.experiment.data_id`) gives a search on other data its own folder.
+id (:func:`research.run_ids.data_id`) gives a search on other data its own folder.
 
 **Resume**: only on the same data (a fingerprint of the split is kept in the folder; other
 data discard the old search, with a message). A search whose folder was named by an earlier
@@ -29,11 +29,11 @@ from research.tuning.space import BASELINES, tuned_spec
 
 
 def tuning_dir(cfg: Config, seed: int, data: str | None = None) -> Path:
-    """``results/runs/<experiment>/tune-<hash>_<data id>-seed<seed>`` (``research.experiment.locate``:
+    """``results/runs/<experiment>/tune-<hash>_<data id>-seed<seed>`` (``research.run_ids.locate``:
     ``data`` is the data id, default ``data_id(cfg)``, computed without loading); the hash ignores
     the trial budget, ``retrain_on_full`` and the config's untuned models, so that a larger
     ``max_trials`` extends the same search and a model added to a base config does not discard it."""
-    from research.experiment import data_id, locate
+    from research.run_ids import data_id, locate
 
     spec = tuned_spec(cfg)
     # what the search depends on: data, split, eval, the tuned table and the baselines it refits
@@ -93,7 +93,7 @@ def data_fingerprint(split) -> str:
 
 def check_data(out: Path, split, quiet: bool) -> None:
     """Resume only a search made on the same data: the folder's name covers the config and the
-    files read (``experiment.data_id``), but not the loader's code or the split, so a changed loader
+    files read (``run_ids.data_id``), but not the loader's code or the split, so a changed loader
     or split would still mix trials scored on different data; this fingerprint of the split itself
     catches that. On a mismatch the old search is discarded (with a message) and starts afresh."""
     import shutil
