@@ -21,8 +21,10 @@ stage's, which balances too::
         + rows of users with fewer than ``min_rows`` usable rows
 
 ``verify.json`` (written into the run folder) holds the metrics per model, the models that could
-not fold in (and why), the manifest, the seed and the arguments; the same file with the same seed
-gives identical numbers.
+not fold in (and why), the manifest, the seed and the arguments, and the wall seconds per stage
+(``timing``: reading the later file, everything before the first model, each model's loading and
+its fold-in + scoring, and the total beyond loading models; ``animerec bench verify`` reads them);
+the same file with the same seed gives identical numbers.
 """
 from __future__ import annotations
 
@@ -102,7 +104,9 @@ def verify(run_dir, raw_dir, *, file: str = "", source: str = "", seed: int = 0,
     # the later file is read whole, as watched-with-or-without-score rows: no row filters here
     data_cfg = replace(data_cfg, source=source, path=str(raw_dir), ratings=file, catalogue="", synopsis="",
                        unrated="keep", max_rows=0, min_user_ratings=0, fallback_to_synth=False)
+    t_read = time.perf_counter()
     frame, _, load_manifest = sources.load(source, Path(raw_dir), data_cfg)
+    read_s = time.perf_counter() - t_read
     data, dropped, users_below = later_users(frame, meta, seen, min_rows)
     history_mask = fold_in_parts(data.user, fold_in_fraction, seed)
     history, target = data.take(history_mask), data.take(~history_mask)
@@ -125,12 +129,15 @@ def verify(run_dir, raw_dir, *, file: str = "", source: str = "", seed: int = 0,
     unknown = [n for n in names if n not in cfg.get("models", {})]
     if unknown:
         raise ConfigError(f"verify: {run_dir} has no model {unknown[0]!r} (models: {', '.join(cfg['models'])})")
-    out_models, skipped = {}, {}
+    prepared_s = time.perf_counter() - t0
+    out_models, skipped, model_seconds = {}, {}, {}
     for name in names:
         if name not in metrics.get("models", {}):
             skipped[name] = "not measured in the run (no saved model)"
             continue
+        t_load = time.perf_counter()
         model = experiment.load_model(run_dir, name, meta, allow_pickle=allow_pickle)
+        t_score = time.perf_counter()
         if not quiet:
             print(f"[animerec] verify: folding in {data.n_users} users into {name} ...", file=sys.stderr, flush=True)
         try:
@@ -140,11 +147,18 @@ def verify(run_dir, raw_dir, *, file: str = "", source: str = "", seed: int = 0,
         except NotSupported as exc:
             skipped[name] = str(exc)
             continue
+        finally:
+            model_seconds[name] = {"load": t_score - t_load, "fold_in_and_score": time.perf_counter() - t_score}
         out_models[name] = res.summary
+    loading = sum(s["load"] for s in model_seconds.values())
     report = {"run": str(run_dir), "raw": str(raw_dir), "file": file or "(source default)", "source": source,
               "seed": int(seed), "min_rows": int(min_rows), "fold_in_fraction": float(fold_in_fraction),
               "manifest": {"load": load_manifest, "verify": stage}, "models": out_models, "skipped": skipped,
-              "seconds": time.perf_counter() - t0}
+              "seconds": time.perf_counter() - t0,
+              # wall seconds per stage: reading the run (its data vocabularies and seen matrix) and the
+              # later file, dividing it, then per model loading it and folding in + scoring every user
+              "timing": {"read_later_file": read_s, "before_models": prepared_s, "models": model_seconds,
+                         "beyond_model_loading": time.perf_counter() - t0 - loading}}
     R.write_json(R.inside(run_dir / "verify.json", run_dir), report)
     if not quiet:
         table = markdown_table([out_models], k)

@@ -122,7 +122,8 @@ def test_unknown_benchmark_is_a_config_error():
     with pytest.raises(ConfigError, match="did you mean 'neighbors'"):
         main("neighbours", quick=True)
     assert set(BENCHMARKS) == {"peers", "time_to_accuracy", "throughput", "neighbors", "fullsize", "serving",
-                               "autoencoders", "rating_models", "fullsize_models", "distributed", "two_tower_speed"}
+                               "autoencoders", "rating_models", "fullsize_models", "distributed", "two_tower_speed",
+                               "verify"}
 
 
 def test_peak_rss_is_measured_in_a_subprocess():

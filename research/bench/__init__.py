@@ -15,6 +15,7 @@
 | ``distributed`` | embedding_dot ex/s: no strategy, 1 and 2 local workers (overhead here), gradient bytes per step |
 | ``fullsize_models`` | classical models, implicit ALS, Surprise SVD on a 57M-row synthetic: fit s, peak RSS |
 | ``two_tower_speed`` | two_tower full-softmax ex/s, epoch s: autodiff vs hand-written gradient, 5k and 10M synthetic |
+| ``verify`` | ``animerec verify`` of the sample's fold-in models on the 520k-row 2017 file: s beyond loading |
 
 Each is ``research.bench.<name>``, but ``time_to_accuracy`` (in ``bench.peers``) and ``throughput``
 (``run_throughput`` below, over ``bench.throughput``'s functions).
@@ -23,7 +24,8 @@ A measurement that fails is a note in the result (the others are still measured)
 none of whose measurements ran has ``status: failed``. ``animerec bench`` with no name runs the
 cheap ones (all but ``fullsize``, whose 57M-row step takes most of an hour, and ``autoencoders``,
 whose EASE fit on the 310k x 17.5k synthetic matrix alone takes minutes, and ``rating_models``,
-whose svdpp and autorec fits take minutes each on the real sets: run them by name).
+whose svdpp and autorec fits take minutes each on the real sets, and ``verify``, which fits every
+fold-in model of the sample first: run them by name).
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ BENCHMARKS: dict[str, tuple[str, str, str]] = {
     "distributed": ("research.bench.distributed", "run", "markdown"),
     "fullsize_models": ("research.bench.fullsize_models", "run", "markdown"),
     "two_tower_speed": ("research.bench.two_tower_speed", "run", "markdown"),
+    "verify": ("research.bench.verify", "run", "markdown"),
 }
 DEFAULT = ("peers", "time_to_accuracy", "throughput", "neighbors", "serving")
 

@@ -1,0 +1,24 @@
+"""``animerec bench verify --quick``: a synthetic run verified on its later snapshot; the JSON has
+verify's per-stage seconds, consistent with each other, and the summary renders them. Nothing here
+asserts on how long anything took."""
+import json
+
+from research.bench import main
+
+
+def test_verify_bench_quick(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANIMEREC_BENCH_DIR", str(tmp_path))
+    main("verify", quick=True)
+    res = json.loads((tmp_path / "quick" / "verify.json").read_text())
+    assert res["status"] == "ok", res.get("notes")
+    (r,) = res["runs"]
+    t = r["timing"]
+    assert set(t["models"]) == {"popularity", "item_knn", "ease", "embedding_dot"}
+    assert r["measured"] == ["ease", "embedding_dot", "item_knn", "popularity"] and r["skipped"] == {}
+    assert set(r["ndcg@10"]) == set(r["measured"])
+    loading = sum(s["load"] for s in t["models"].values())
+    assert abs(t["beyond_model_loading"] + loading - r["verify_seconds"]) < 0.05
+    assert t["before_models"] >= t["read_later_file"] > 0
+    assert r["rows_in"] == r["history"] + r["targets"] + sum(r["dropped"].values())
+    summary = (tmp_path / "quick" / "SUMMARY.md").read_text()
+    assert "## verify" in summary and "Beyond model loading" in summary
