@@ -13,12 +13,13 @@ def test_verify_bench_quick(tmp_path, monkeypatch):
     assert res["status"] == "ok", res.get("notes")
     (r,) = res["runs"]
     t = r["timing"]
-    assert set(t["models"]) == {"popularity", "item_knn", "ease", "embedding_dot"}
-    assert r["measured"] == ["ease", "embedding_dot", "item_knn", "popularity"] and r["skipped"] == {}
-    assert set(r["ndcg@10"]) == set(r["measured"])
+    assert set(t["models"]) == {"global_mean", "popularity", "item_knn", "ease", "embedding_dot"}
+    assert r["measured"] == ["ease", "embedding_dot", "global_mean", "item_knn", "popularity"] and r["skipped"] == {}
+    assert set(r["ndcg@10"]) == set(r["measured"]) and r["ndcg@10"]["global_mean"] is None  # absent, not 0
     loading = sum(s["load"] for s in t["models"].values())
     assert abs(t["beyond_model_loading"] + loading - r["verify_seconds"]) < 0.05
     assert t["before_models"] >= t["read_later_file"] > 0
     assert r["rows_in"] == r["history"] + r["targets"] + sum(r["dropped"].values())
     summary = (tmp_path / "quick" / "SUMMARY.md").read_text()
-    assert "## verify" in summary and "Beyond model loading" in summary
+    assert "## verify" in summary and "Beyond model loading" in summary and "summary failed" not in summary
+    assert "| global_mean |" in summary

@@ -24,7 +24,8 @@ import time
 from research.bench.report import in_subprocess, md_table
 from research.config import REPO_ROOT
 
-QUICK_MODELS = ('[models.popularity]\n[models.item_knn]\n[models.ease]\n'
+# global_mean: a rating-only model (its ndcg is absent, not zero), as in the full run
+QUICK_MODELS = ('[models.global_mean]\n[models.popularity]\n[models.item_knn]\n[models.ease]\n'
                 '[models.embedding_dot]\nepochs = 2\nearly_stopping = false\n')
 
 
@@ -107,7 +108,7 @@ def markdown(res: dict) -> str:
     for r in runs:
         t = r["timing"]
         rows = [[m, _s(s["load"]), _s(s["fold_in_and_score"]),
-                 "—" if m not in r["ndcg@10"] else f"{r['ndcg@10'][m]:.4f}"] for m, s in t["models"].items()]
+                 "—" if r["ndcg@10"].get(m) is None else f"{r['ndcg@10'][m]:.4f}"] for m, s in t["models"].items()]
         skipped = "; ".join(f"{m}: {why}" for m, why in r["skipped"].items()) or "none"
         parts.append("\n".join([
             f"`animerec verify` of a run of `{r['config']}` (fitted in {r['run_fit_seconds']:,.0f} s, not counted) "
