@@ -151,14 +151,15 @@ def verify(run_dir, raw_dir, *, file: str = "", source: str = "", seed: int = 0,
             model_seconds[name] = {"load": t_score - t_load, "fold_in_and_score": time.perf_counter() - t_score}
         out_models[name] = res.summary
     loading = sum(s["load"] for s in model_seconds.values())
+    total = time.perf_counter() - t0
     report = {"run": str(run_dir), "raw": str(raw_dir), "file": file or "(source default)", "source": source,
               "seed": int(seed), "min_rows": int(min_rows), "fold_in_fraction": float(fold_in_fraction),
               "manifest": {"load": load_manifest, "verify": stage}, "models": out_models, "skipped": skipped,
-              "seconds": time.perf_counter() - t0,
+              "seconds": total,
               # wall seconds per stage: reading the run (its data vocabularies and seen matrix) and the
               # later file, dividing it, then per model loading it and folding in + scoring every user
               "timing": {"read_later_file": read_s, "before_models": prepared_s, "models": model_seconds,
-                         "beyond_model_loading": time.perf_counter() - t0 - loading}}
+                         "beyond_model_loading": total - loading}}
     R.write_json(R.inside(run_dir / "verify.json", run_dir), report)
     if not quiet:
         table = markdown_table([out_models], k)

@@ -14,10 +14,10 @@ def test_verify_bench_quick(tmp_path, monkeypatch):
     (r,) = res["runs"]
     t = r["timing"]
     assert set(t["models"]) == {"global_mean", "popularity", "item_knn", "ease", "embedding_dot"}
-    assert r["measured"] == ["ease", "embedding_dot", "global_mean", "item_knn", "popularity"] and r["skipped"] == {}
-    assert set(r["ndcg@10"]) == set(r["measured"]) and r["ndcg@10"]["global_mean"] is None  # absent, not 0
+    assert set(r["ndcg@10"]) == set(t["models"]) and r["skipped"] == {}  # every one folds in
+    assert r["ndcg@10"]["global_mean"] is None and r["ndcg@10"]["ease"] > 0  # absent, not 0
     loading = sum(s["load"] for s in t["models"].values())
-    assert abs(t["beyond_model_loading"] + loading - r["verify_seconds"]) < 0.05
+    assert abs(t["beyond_model_loading"] + loading - r["verify_seconds"]) < 1e-9
     assert t["before_models"] >= t["read_later_file"] > 0
     assert r["rows_in"] == r["history"] + r["targets"] + sum(r["dropped"].values())
     summary = (tmp_path / "quick" / "SUMMARY.md").read_text()
