@@ -9,8 +9,9 @@ same data again resumes an unfinished run (models already measured are kept, Ker
 from their checkpoints) or, once finished, replaces it with a fresh run.
 
 Held-out users (``split.kind = "users"``): with ``fit_on = "train"`` each model is fitted on
-``split.train`` with ``split.fit_val()`` (every row of the validation users) as its validation
-part; with ``"train+val"`` on ``split.train_val()``; the test users are in neither, and the
+``split.train`` by ``Recommender.fit_split`` (the models that validate on a user's history get the
+validation users' histories and targets apart, the rest every row of the validation users);
+with ``"train+val"`` on ``split.train_val()``; the test users are in neither, and the
 harness folds them in. A model that cannot be measured there (its ``score_history`` raises
 ``NotSupported``) is not in ``metrics.json["models"]`` nor in the table: it is listed with the
 reason under ``metrics.json["skipped"]`` (``{"<model>": "<why>"}``, e.g. no fold-in) and below the
@@ -145,7 +146,7 @@ def run_seed(cfg: Config, dataset, seed: int, quiet: bool = False) -> Path:
             if cfg.split.fit_on == "train+val":
                 model.fit(split.train_val(), None, **extra)
             else:
-                model.fit(split.train, split.fit_val(), **extra)
+                model.fit_split(split, **extra)
             fit_seconds = time.perf_counter() - t0
             status.update(note=f"evaluating (fitted in {fit_seconds:.1f} s)")
             try:

@@ -286,3 +286,19 @@ def test_two_tower_without_history_or_features(split):
     cold = np.setdiff1d(np.arange(split.meta.n_items), split.train.items_present())
     v = m.embed_items(cold)
     np.testing.assert_allclose(v, np.broadcast_to(v[0], v.shape), atol=1e-6)
+
+
+def test_two_tower_heldout_users_validate_folded_in():
+    """Held-out users: the id-free tower validates on the validation users' histories (``fit_split``
+    passes them apart), so its early-stopping ndcg is the harness's ``part="val"`` folded in."""
+    from research.data.splits import heldout_users
+    from research.eval.harness import evaluate
+    from research.models.keras.two_tower import TwoTower
+
+    split = heldout_users(_data().interactions, 0.2, 0.2, 0.7, seed=1)
+    m = TwoTower(**{**TT, "user_id": False, "val_users": 10_000}).fit_split(split)
+    h = m.history["val_ndcg_at_10"]
+    harness = evaluate(m, split, part="val").summary["ndcg@10"]
+    assert h[m.best_epoch - 1] == pytest.approx(harness, abs=1e-5)
+    plain = TwoTower(**{**TT, "user_id": False, "val_users": 10_000}).fit(split.train, split.fit_val())
+    assert plain.history["val_ndcg_at_10"] != pytest.approx(h, abs=1e-5)  # empty histories before

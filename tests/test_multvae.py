@@ -382,3 +382,26 @@ def test_bad_arguments():
         with pytest.raises(ConfigError):
             MultVAE(**bad)
     assert MultVAE(hidden=300).hidden == [300]
+
+
+def test_heldout_users_validate_folded_in(data):
+    """On held-out users the validation users have no training row: ``fit_split`` gives their
+    histories apart (``val_history``), so the early-stopping ndcg is the harness's ``part="val"`` of
+    them folded in; given their rows as plain ``val`` it scored empty bags (a different number)."""
+    from research.data.splits import heldout_users
+    from research.models.keras.multvae import MultVAE
+
+    ds, _ = data
+    split = heldout_users(ds.interactions, 0.2, 0.25, 0.6, seed=1)
+    assert len(split.val_history) and not set(split.val.user) & set(split.train.user)
+    m = MultVAE(**{**SMALL, "epochs": 3}, val_users=10_000, seed=2).fit_split(split)
+    h = m.history["val_ndcg_at_10"]
+    harness = evaluate(m, split, part="val").summary["ndcg@10"]
+    assert h[m.best_epoch - 1] == pytest.approx(harness, abs=1e-6)
+    # the validation users were never trained on: the same fit without their histories trains the same
+    plain = MultVAE(**{**SMALL, "epochs": 3}, val_users=10_000, seed=2, early_stopping=False).fit(
+        split.train, split.fit_val())
+    again = MultVAE(**{**SMALL, "epochs": 3}, val_users=10_000, seed=2, early_stopping=False).fit_split(split)
+    for wa, wb in zip(plain.model.trainable_weights, again.model.trainable_weights):
+        np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+    assert plain.history["val_ndcg_at_10"] != pytest.approx(again.history["val_ndcg_at_10"], abs=1e-6)

@@ -50,7 +50,8 @@ class Split:
         validation users (``val_history`` + ``val``), so a model that fits on train + validation
         (a peer's ``use_validation``) sees exactly ``train_val()``. The test users are in neither.
         Early stopping scores validation users by what it knows of them in ``train``, which a
-        held-out validation user lacks (the harness's own ``part="val"`` folds them in)."""
+        held-out validation user lacks (the harness's own ``part="val"`` folds them in): the
+        models that validate on a history get ``val_history`` apart (``Recommender.fit_split``)."""
         return self.val if self.val_history is None else self.val_history.concat(self.val)
 
     def train_val(self) -> Interactions:

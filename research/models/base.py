@@ -58,6 +58,9 @@ class Recommender(Stateful):
     ranks: bool = True
     #: Set by the runner before ``fit``: a folder for TensorBoard logs and checkpoints, or None.
     log_dir: str | None = None
+    #: True when ``fit`` takes ``val_history``: on held-out users it then validates (stops early)
+    #: on the validation users' targets given their histories, as the harness scores them.
+    fits_val_history: bool = False
 
     #: not saved: the vocabularies are the run's (given to ``load``), the log folder is per run
     transient = ("meta", "log_dir", "_params")
@@ -85,6 +88,19 @@ class Recommender(Stateful):
     # ---- to implement -------------------------------------------------------------------
     def fit(self, train: Interactions, val: Interactions | None = None) -> "Recommender":
         raise NotImplementedError
+
+    def fit_split(self, split, **kwargs) -> "Recommender":
+        """Fit on ``split.train`` with the split's validation part (``split.fit_on = "train"``).
+
+        Row- and user-level splits: ``fit(train, split.val)``. Held-out users (``split.heldout``):
+        a model with ``fits_val_history`` gets the validation users' targets as ``val`` and their
+        histories as ``val_history``, so its early stopping scores them folded in, as the
+        harness's ``part="val"`` does (neither part is trained on); any other model gets every
+        row of the validation users as ``val`` (``split.fit_val()``: what a peer's
+        ``use_validation`` adds to its training rows)."""
+        if split.heldout and self.fits_val_history:
+            return self.fit(split.train, split.val, val_history=split.val_history, **kwargs)
+        return self.fit(split.train, split.fit_val(), **kwargs)
 
     def score(self, users: np.ndarray) -> np.ndarray:
         """Scores of every item for each user: shape (len(users), n_items)."""

@@ -28,12 +28,17 @@ from research.tuning.memory import release_memory
 from research.tuning.space import BASELINES
 
 
-def _fit_score(ctx: Context, typ: str, params: dict, seed: int, train, val, split, part: str, log_name: str):
-    """Build, fit and score one model; returns (model, EvalResult, metrics dict)."""
+def _fit_score(ctx: Context, typ: str, params: dict, seed: int, split, part: str, log_name: str, train=None):
+    """Build, fit and score one model; returns (model, EvalResult, metrics dict). Fitted on
+    ``train`` without validation when given (the refit), else on the split's training part with
+    its validation part (``Recommender.fit_split``)."""
     model = registry.build(typ, params, seed, where=f" ({log_name})")
     model.log_dir = str(ctx.out / "logs" / log_name)
     t0 = time.perf_counter()
-    model.fit(train, val)
+    if train is None:
+        model.fit_split(split)
+    else:
+        model.fit(train, None)
     fit_seconds = time.perf_counter() - t0
     res = ctx.evaluate(model, split, part=part)
     return model, res, {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
@@ -76,8 +81,8 @@ def refit(ctx: Context, dataset, split, summary: dict, quiet: bool = False) -> N
     else:
         if not quiet:
             print(f"[animerec] default {spec.name} on validation ...", file=sys.stderr, flush=True)
-        model, _, default_val = _fit_score(ctx, spec.type, dict(spec.params), ctx.model_seed, split.train,
-                                           split.fit_val(), split, "val", "default_val")
+        model, _, default_val = _fit_score(ctx, spec.type, dict(spec.params), ctx.model_seed, split, "val",
+                                           "default_val")
         del model
         release_memory()
     summary["default"] = {"params": dict(spec.params), "objective": default_val.get(ctx.objective),
@@ -114,7 +119,7 @@ def refit(ctx: Context, dataset, split, summary: dict, quiet: bool = False) -> N
     for name, typ, params, mseed in rows:
         if not quiet:
             print(f"[animerec] refit on train+validation: {name} ...", file=sys.stderr, flush=True)
-        model, res, m = _fit_score(ctx, typ, params, mseed, train_val, None, split, "test", f"refit_{name}")
+        model, res, m = _fit_score(ctx, typ, params, mseed, split, "test", f"refit_{name}", train=train_val)
         folder.add_model(name, m, model, res)
         del model
         release_memory()

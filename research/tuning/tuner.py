@@ -80,7 +80,7 @@ class HarnessTuner(kt.Tuner):
                                    where=f" (trial {tid} of models.{ctx.spec.name})")
             model.log_dir = str(trial_logs)
             t0 = time.perf_counter()
-            model.fit(split.train, split.fit_val())  # held-out users: their history rows too
+            model.fit_split(split)  # held-out users: validated on their folded-in histories
             fit_seconds = time.perf_counter() - t0
             # rating objectives skip the ranking pass (scoring every user x every anime),
             # which dominated rmse-tuned dnn trials

@@ -179,12 +179,16 @@ class KerasRecommender(Recommender):
         self.model.compile(optimizer=self.make_optimizer(), jit_compile=self.jit_compile)
 
     def fit(self, train: Interactions, val: Interactions | None = None, *, epochs: int | None = None,
-            early_stopping: bool | None = None, callbacks=()) -> "KerasRecommender":
+            early_stopping: bool | None = None, callbacks=(), val_history: Interactions | None = None
+            ) -> "KerasRecommender":
         """Train from scratch (or resume an interrupted fit from the checkpoint folder).
 
         Args:
             train: training interactions.
             val: validation interactions (early stopping and validation curves); optional.
+            val_history: held-out validation users' histories (``Recommender.fit_split``), only for
+                a model with ``fits_val_history``: its validation scores ``val`` given these rows
+                (``history_rows``), never trained on.
             epochs: override ``self.epochs`` (e.g. Hyperband's budget).
             early_stopping: override ``self.early_stopping``.
             callbacks: extra Keras callbacks, run after the built-in ones.
@@ -192,6 +196,23 @@ class KerasRecommender(Recommender):
         Returns:
             self.
         """
+        if val_history is not None and not self.fits_val_history:
+            raise ConfigError(f"{type(self).__name__} does not validate on held-out users' histories "
+                              "(fits_val_history is False): give their rows as val")
+        self._val_history = val_history
+        try:
+            return self._fit(train, val, epochs, early_stopping, callbacks)
+        finally:
+            self._val_history = None
+
+    def history_rows(self, train: Interactions) -> Interactions:
+        """The rows a user's history is read from while fitting: ``train``, plus the held-out
+        validation users' histories when ``fit`` got ``val_history`` (only validation reads
+        theirs: training examples come from ``train`` alone)."""
+        vh = getattr(self, "_val_history", None)
+        return train if vh is None or not len(vh) else train.concat(vh)
+
+    def _fit(self, train, val, epochs, early_stopping, callbacks) -> "KerasRecommender":
         t0 = time.perf_counter()
         epochs = self.epochs if epochs is None else int(epochs)
         stop_early = self.early_stopping if early_stopping is None else bool(early_stopping)

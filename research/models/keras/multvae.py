@@ -45,7 +45,11 @@ loss, encoder and fit loop share its hyperparameters; a sixth is this docstring,
   ``validation.ndcg_at_k`` (candidates: anime with a training row; training anime excluded; every
   validation anime relevant) over at most ``val_users`` validation users: exactly the harness on
   ``part="val"`` of a model whose scores use the training history
-  (``scores_from_history(users, "train")``; ``tests/test_multvae.py`` checks the equality).
+  (``scores_from_history(users, "train")``; ``tests/test_multvae.py`` checks the equality). On
+  held-out users (``fits_val_history``, ``Recommender.fit_split``) a validation user has no
+  training row, so their *history* rows join the input table (the encoder's input at validation;
+  the training examples stay train's users): the number is the harness's ``part="val"`` of them
+  folded in (``tests/test_heldout.py`` checks it), where before it scored an empty bag.
 
 Which rows each stage sees:
 
@@ -607,6 +611,8 @@ class MultVAE(KerasRecommender):
         epochs, batch_size, learning_rate, patience, ...: see ``KerasRecommender``.
     """
 
+    fits_val_history = True
+
     predicts_ratings = False
     monitor = "val_ndcg_at_10"
     monitor_mode = "max"
@@ -721,11 +727,14 @@ class MultVAE(KerasRecommender):
         out_items = np.flatnonzero(trained) if self.catalogue == "trained" else np.arange(train.n_items)
         modelled = np.full(train.n_items, -1, np.int64)
         modelled[out_items] = np.arange(len(out_items))
-        tr = self._table(train, mean_rating, modelled)
+        # the input bags: training users' rows, plus held-out validation users' histories (validated
+        # on, never trained on: the training examples are train's users)
+        rows = self.history_rows(train)
+        tr = self._table(rows, mean_rating, modelled)
         val = self._fit_val
         fold = self.fold_in and val is not None and len(val)
-        sc = self._table(train.concat(val), mean_rating, modelled) if fold else tr
-        n_users = int(np.count_nonzero(np.diff(tr[0])))
+        sc = self._table(rows.concat(val), mean_rating, modelled) if fold else tr
+        n_users = len(np.unique(train.user))
         steps_per_epoch = max(math.ceil(n_users / self.batch_size), 1)
         anneal = self.anneal_steps or int(round(self.anneal_epochs * steps_per_epoch))
         self._wide_init = self._fit_wide(train, out_items) if self.wide == "ease" else None

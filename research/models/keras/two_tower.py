@@ -35,7 +35,10 @@ record of how the defaults were chosen; the full-softmax loss and its gradient a
   harness does on ``part="val"`` (candidates: anime with a training row; each user's training anime
   excluded; every validation anime relevant), over at most ``val_users`` validation users.
   ``FactorizedTopK`` is not used: it cannot exclude seen anime, so its numbers would not be the
-  harness's.
+  harness's. On held-out users (``fits_val_history``, ``Recommender.fit_split``) the validation
+  users have no training row: their histories join the history table (read by the user tower at
+  validation, never a training pair), so the id-free tower stops on the harness's ``part="val"``
+  of those users folded in, not on the empty-history ranking it saw before.
 
 Defaults (loss = "full_softmax", mask_history, user_id, temperature 0.2, 60 epochs, patience 8)
 were chosen on seed 0's *validation* ndcg@10 of the mal2020 sample (``mal2020_sample.toml``'s data
@@ -339,6 +342,8 @@ class TwoTower(KerasRecommender):
         epochs, batch_size, learning_rate, patience, ...: see ``KerasRecommender``.
     """
 
+    fits_val_history = True
+
     predicts_ratings = False
     monitor = "val_ndcg_at_10"
     monitor_mode = "max"
@@ -386,7 +391,9 @@ class TwoTower(KerasRecommender):
 
     # ---- data ----------------------------------------------------------------------------
     def prepare(self, train: Interactions) -> dict:
-        seen = train.to_csr("ones")
+        # the history table: training users' anime, plus held-out validation users' histories
+        # (``history_rows``: read by validation, never trained on; counts and ratings are train's)
+        seen = self.history_rows(train).to_csr("ones")
         counts = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
         r = train.rating[train.rated].astype(np.float64)
         return {"hist_indptr": seen.indptr.astype(np.int64), "hist_items": seen.indices.astype(np.int32),
