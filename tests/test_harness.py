@@ -124,3 +124,22 @@ def test_summary_and_per_user_columns_come_from_the_metric_table():
     per_user = [f"{m.per_user_column}@5" for m in METRICS.values() if m.unit == "user"]
     assert list(res.per_user.columns) == ["user", "n_relevant", *per_user]
     assert res.summary["map@5"] == pytest.approx(res.per_user["ap@5"].mean())
+
+
+def test_top_k_breaks_ties_by_lower_index_at_the_cut_off():
+    """Against a sort by (-score, index): ties at the k-th place keep the lowest anime indices
+    (``argpartition`` alone keeps an arbitrary subset of them), -inf and NaN never returned."""
+    from research.models.base import top_k
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, k = int(rng.integers(1, 40)), int(rng.integers(1, 12))
+        s = rng.integers(0, 4, (6, n)).astype(float)  # many ties
+        s[rng.random(s.shape) < 0.25] = -np.inf
+        s[rng.random(s.shape) < 0.05] = np.nan
+        items, vals = top_k(s, k)
+        for r in range(len(s)):
+            finite = [j for j in range(n) if np.isfinite(s[r, j])]
+            want = sorted(finite, key=lambda j: (-s[r, j], j))[:min(k, n)]
+            assert list(items[r]) == want + [-1] * (min(k, n) - len(want))
+            assert np.array_equal(vals[r][:len(want)], s[r, want])

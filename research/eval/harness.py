@@ -44,7 +44,7 @@ import pandas as pd
 from research.data.interactions import Interactions
 from research.data.splits import Split
 from research.eval import metrics as M
-from research.models.base import History, NotSupported, mask_scores, top_k
+from research.models.base import History, NotSupported, top_k
 
 
 @dataclass
@@ -126,12 +126,13 @@ def evaluate_parts(model, train: Interactions, seen: Interactions, target: Inter
     exclude = seen.to_csr("ones")
 
     def batch_scores(users: np.ndarray, s: int) -> np.ndarray:
-        scores = np.asarray(model.score(users), dtype=np.float64)
+        scores = np.asarray(model.score(users))
         if scores.shape != (len(users), n_items):
             raise ValueError(f"{type(model).__name__}.score returned shape {scores.shape}, "
                              f"expected {(len(users), n_items)}")
-        return mask_scores(scores.copy(), users, exclude, candidates)
+        return _candidate_scores(scores, exclude[users], cand_idx, col_of)
 
+    cand_idx, col_of = _candidate_columns(candidates)
     per_user = _ranking(summary, batch_scores, train, rel_keys, rel_users, n_rel, train_users, candidates,
                         k, batch_users)
     summary["eval_seconds"] = time.perf_counter() - t0
@@ -152,22 +153,47 @@ def _rating(summary: dict, rated: Interactions, preds: np.ndarray) -> pd.DataFra
                          "rating": rated.rating, "prediction": preds.astype(np.float32)})
 
 
+def _candidate_columns(candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the candidate anime in index order, each anime's column among them or -1)."""
+    cand_idx = np.flatnonzero(candidates)
+    col_of = np.full(len(candidates), -1, np.int64)
+    col_of[cand_idx] = np.arange(len(cand_idx))
+    return cand_idx, col_of
+
+
+def _candidate_scores(scores: np.ndarray, exclude, cand_idx: np.ndarray, col_of: np.ndarray) -> np.ndarray:
+    """A batch's float64 scores of the candidate columns only (anime in index order, so top-k's
+    tie-break by lower column is still by lower anime index), each row's excluded anime at -inf
+    (``exclude``: a CSR matrix of the batch's rows). The same ranking as masking every
+    non-candidate to -inf in the full row, without copying, masking and partitioning the columns
+    that can never be recommended (10,000 of the 17,562 catalogue anime on the sample)."""
+    sub = np.take(scores, cand_idx, axis=1).astype(np.float64, copy=False)
+    rows = np.repeat(np.arange(exclude.shape[0]), np.diff(exclude.indptr))
+    cols = col_of[exclude.indices]
+    keep = cols >= 0
+    sub[rows[keep], cols[keep]] = -np.inf
+    return sub
+
+
 def _ranking(summary: dict, batch_scores, train: Interactions, rel_keys: np.ndarray, rel_users: np.ndarray,
              n_rel: np.ndarray, part_users: np.ndarray, candidates: np.ndarray, k: int,
              batch_users: int) -> pd.DataFrame:
     """The ranking metrics of ``rel_users`` (batches of ``batch_users``), written into ``summary``;
     returns the per-user table. ``batch_scores(users, start)`` gives the masked scores of the
-    users ``rel_users[start:start + len(users)]``; ``part_users`` are the users who could have
-    been evaluated (those not in ``rel_users`` are counted as ``users_without_target``)."""
+    users ``rel_users[start:start + len(users)]`` over the candidate columns
+    (``_candidate_scores``); ``part_users`` are the users who could have been evaluated (those
+    not in ``rel_users`` are counted as ``users_without_target``)."""
     n_items = train.n_items
     item_pop = np.bincount(train.item, minlength=n_items).astype(np.float64) / max(len(train.users_present()), 1)
+    cand_idx = np.flatnonzero(candidates)
     rel_items = (rel_keys % n_items).astype(np.int64)
 
     cols = {m.per_user_column: [] for m in USER_METRICS}
     all_top = []
     for s in range(0, len(rel_users), batch_users):
         users = rel_users[s:s + batch_users]
-        items, _ = top_k(batch_scores(users, s), k)
+        cols_top, _ = top_k(batch_scores(users, s), k)
+        items = np.where(cols_top >= 0, cand_idx[np.maximum(cols_top, 0)], -1)
         if items.shape[1] < k:  # fewer candidates than k: pad so every list has k slots
             items = np.pad(items, ((0, 0), (0, k - items.shape[1])), constant_values=-1)
         hits = _member(_keys(np.repeat(users, k).reshape(-1, k), items, n_items), rel_keys) & (items >= 0)
@@ -256,11 +282,13 @@ def evaluate_heldout(model, train: Interactions, history: Interactions, target: 
 
     def batch_scores(users: np.ndarray, s: int) -> np.ndarray:
         hist = histories.take(np.arange(s, s + len(users)))
-        scores = np.asarray(model.score_history(hist), dtype=np.float64)
+        scores = np.asarray(model.score_history(hist))
         if scores.shape != (len(users), n_items):
             raise ValueError(f"{name}.score_history returned shape {scores.shape}, "
                              f"expected {(len(users), n_items)}")
-        return mask_scores(scores.copy(), np.arange(len(users)), hist.seen, candidates)
+        return _candidate_scores(scores, hist.seen, cand_idx, col_of)
+
+    cand_idx, col_of = _candidate_columns(candidates)
 
     per_user = _ranking(summary, batch_scores, train, rel_keys, rel_users, n_rel, part_users, candidates,
                         k, batch_users)

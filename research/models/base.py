@@ -243,19 +243,39 @@ def mask_scores(scores: np.ndarray, users: np.ndarray, exclude: sp.csr_matrix | 
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise top-k by score, best first; -inf entries are never returned (rows with fewer
-    finite scores are padded with item -1 and score -inf). Ties broken by lower item index."""
+    """Row-wise top-k by score, best first; -inf (and NaN) entries are never returned (rows with
+    fewer finite scores are padded with item -1 and score -inf). Ties broken by lower item index,
+    at the k-th place too: ``argpartition`` alone keeps an arbitrary subset of the anime tied at
+    the cut-off (which one depends on the array's layout), so a row with more than k anime at or
+    above its k-th score is redone exactly (``_exact_top``)."""
     n_rows, n_items = scores.shape
     k = min(k, n_items)
     if k == 0:
         return np.zeros((n_rows, 0), np.int64), np.zeros((n_rows, 0))
+    if np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
+    kth = part_scores.min(axis=1)
+    tied = np.flatnonzero(np.count_nonzero(scores >= kth[:, None], axis=1) > k)
+    if len(tied):
+        part[tied] = _exact_top(scores[tied], kth[tied], k)
+        part_scores[tied] = np.take_along_axis(scores[tied], part[tied], axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
     items = np.take_along_axis(part, order, axis=1)
     vals = np.take_along_axis(part_scores, order, axis=1)
     items = np.where(np.isneginf(vals), -1, items)
     return items.astype(np.int64), vals
+
+
+def _exact_top(scores: np.ndarray, kth: np.ndarray, k: int) -> np.ndarray:
+    """(rows, k) column indices: every column above the row's k-th score ``kth`` plus the lowest
+    columns equal to it, up to k (unordered)."""
+    above = scores > kth[:, None]
+    equal = scores == kth[:, None]
+    room = k - np.count_nonzero(above, axis=1)
+    take = above | (equal & (np.cumsum(equal, axis=1) <= room[:, None]))
+    return np.nonzero(take)[1].reshape(len(scores), k)
 
 
 def nearest(vectors: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
