@@ -23,3 +23,16 @@ def test_verify_bench_quick(tmp_path, monkeypatch):
     summary = (tmp_path / "quick" / "SUMMARY.md").read_text()
     assert "## verify" in summary and "Beyond model loading" in summary and "summary failed" not in summary
     assert "| global_mean |" in summary
+
+
+def test_user_prefix_keeps_whole_users_within_the_rows(tmp_path):
+    from research.bench.verify import _user_prefix
+
+    src = tmp_path / "r.csv"
+    src.write_text("user_id,anime_id,rating\n" + "".join(f"{u},{i},-1\n" for u, n in ((1, 3), (2, 2), (3, 4))
+                                                         for i in range(n)))
+    for limit, want in ((4, 3), (5, 5), (8, 5), (9, 9), (100, 9), (2, 0)):
+        n = _user_prefix(src, tmp_path / "out" / f"{limit}.csv", limit)
+        lines = (tmp_path / "out" / f"{limit}.csv").read_text().splitlines()
+        assert n == want and len(lines) == want + 1 and lines[0] == "user_id,anime_id,rating"
+        assert lines[1:] == src.read_text().splitlines()[1:want + 1]
