@@ -8,6 +8,12 @@ that runs all of them, tuned and default, over several seeds with the same proto
 refit (``split.fit_on = "train+val"``, scored on test), beside the trivial baselines of base.toml.
 Numbers are never copied by hand: rerun the searches and this script, and the config follows.
 
+With ``--reuse OLD.toml`` (a config this script wrote earlier), a search whose tuning folder is
+gone (a fresh machine keeps no ``results/runs``) is taken from OLD.toml instead: the two model
+tables this script wrote for it there (the ones whose comment names its ``tune_*.toml``), verbatim,
+comments included, so a config can gain one re-run search without re-running the others. A search
+that has a finished folder is always read from it.
+
 With ``--blend``, two more models: ``blend_tuned`` (and ``blend`` at its defaults beside it),
 the stacked ensemble (``research.models.blend``) over the blend's default classical bases (bias,
 item_knn, user_knn at their defaults) plus every searched *project* rating model named on the
@@ -84,8 +90,30 @@ def _blend_table(tuned: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reused_blocks(path: str) -> dict[str, list[tuple[str, str]]]:
+    """search file name -> [(model table name, its text with the comment line)] of a config this
+    script wrote (``--reuse``): every ``# tuned: <file>, ...`` / ``# its default, ... (<file>)``
+    comment directly above a ``[models.NAME]`` table, up to the next blank line."""
+    import re
+
+    lines = Path(path).read_text().splitlines()
+    out: dict[str, list[tuple[str, str]]] = {}
+    for j in range(len(lines) - 1):
+        head = re.fullmatch(r"\[models\.([A-Za-z0-9_]+)\]", lines[j + 1])
+        m = re.match(r"# (?:tuned: |searched on other data and transferred here: )(\S+?\.toml),", lines[j]) or \
+            re.match(r"# its default, .*\((\S+?\.toml)\)$", lines[j])
+        if not (head and m):
+            continue
+        end = j + 2
+        while end < len(lines) and lines[end].strip():
+            end += 1
+        out.setdefault(m.group(1), []).append((head.group(1), "\n".join(lines[j:end]) + "\n"))
+    return out
+
+
 def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: bool = True,
-          data_from: str | None = None, skip_defaults: tuple = (), blend: bool = False) -> str:
+          data_from: str | None = None, skip_defaults: tuple = (), blend: bool = False,
+          reuse: str | None = None) -> str:
     """The text of the config (see the module docstring). With ``data_from``, the run uses that
     config's data, and a search on other data is taken as a transfer: its models are named
     ``<model>_tuned_from_<source of the search>`` and labelled so."""
@@ -94,6 +122,7 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
     data = _data(config.load(data_from)) if data_from else None
     tables = []
     blend_bases = {}  # registry type -> tuned refit params of our rating models
+    reused = _reused_blocks(reuse) if reuse else {}
     for path in tune_configs:
         cfg = config.load(path)
         spec = tuned_spec(cfg)
@@ -102,6 +131,19 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
         if not (folder / "metrics.json").is_file():
             folder = _earlier(cfg, seed) or folder  # named by an earlier run-id scheme
         metrics_path = folder / "metrics.json"
+        if not metrics_path.is_file() and reuse and Path(path).name in reused:
+            blocks = [(n, t) for n, t in reused[Path(path).name]
+                      if n == f"{spec.name}_tuned" or (defaults and n == spec.name and n not in skip_defaults)]
+            if not any(n == f"{spec.name}_tuned" for n, _ in blocks):
+                raise SystemExit(f"{reuse}: no [models.{spec.name}_tuned] written from {Path(path).name}")
+            tables += [t for _, t in blocks]
+            old_models = tomllib.loads(Path(reuse).read_text())["models"]
+            if data is None:
+                data = _data(cfg)
+            tuned_text = next(t for n, t in blocks if n == f"{spec.name}_tuned")
+            if blend and spec.type not in PEER_MODELS and (" rmse " in tuned_text or " mae " in tuned_text):
+                blend_bases[spec.type] = {k: v for k, v in old_models[f"{spec.name}_tuned"].items() if k != "type"}
+            continue
         if not metrics_path.is_file():
             raise SystemExit(f"{path}: no finished search at {folder} (run: animerec tune {path})")
         tuned = read_json(metrics_path)["tuned"]
@@ -152,9 +194,12 @@ def main(argv=None) -> int:
     p.add_argument("--data-from", help="take the data from this config; searches on other data are transfers")
     p.add_argument("--blend", action="store_true",
                    help="add blend_tuned: the blend's default bases plus every tuned project rating model")
+    p.add_argument("--reuse", metavar="OLD.toml",
+                   help="a config this script wrote: searches without a tuning folder are taken from it")
     args = p.parse_args(argv)
     text = build(args.tune_configs, args.experiment, args.seeds, defaults=not args.no_defaults,
-                 data_from=args.data_from, skip_defaults=tuple(args.skip_default), blend=args.blend)
+                 data_from=args.data_from, skip_defaults=tuple(args.skip_default), blend=args.blend,
+                 reuse=args.reuse)
     config.from_dict(tomllib.loads(text))  # the written config must load
     Path(args.out).write_text(text)
     print(f"wrote {args.out}", file=sys.stderr)

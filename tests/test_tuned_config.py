@@ -71,3 +71,22 @@ def test_blend_needs_a_rating_search(searches):
     with pytest.raises(SystemExit, match="none of the searches"):
         mod.build([cfgs["ease"]], "peak", [0], blend=True)
     assert "blend" not in tomllib.loads(mod.build([cfgs["ease"]], "peak", [0]))["models"]
+
+
+def test_reuse_takes_a_search_without_folder_from_the_earlier_config(searches, tmp_path):
+    """--reuse: a search whose folder is gone comes from the config written before, verbatim (the
+    whole text is then the same); without it, or with a config lacking it, a clear exit."""
+    mod, cfgs = searches
+    order = [cfgs["embedding_dot"], cfgs["surprise_svd"], cfgs["ease"]]
+    text = mod.build(order, "peak", [0, 1], blend=True)
+    old = tmp_path / "peak.toml"
+    old.write_text(text)
+    (tmp_path / "runs" / "embedding_dot" / "metrics.json").unlink()
+    with pytest.raises(SystemExit, match="no finished search"):
+        mod.build(order, "peak", [0, 1], blend=True)
+    assert mod.build(order, "peak", [0, 1], blend=True, reuse=str(old)) == text
+    (tmp_path / "runs" / "ease" / "metrics.json").unlink()
+    other = tmp_path / "other.toml"
+    other.write_text(mod.build([cfgs["surprise_svd"]], "peak", [0, 1], reuse=str(old)))
+    with pytest.raises(SystemExit, match="no finished search"):  # other.toml has no ease: not invented
+        mod.build([cfgs["ease"]], "peak", [0, 1], reuse=str(other))
