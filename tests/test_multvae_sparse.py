@@ -171,3 +171,35 @@ def test_fused_adam_needs_adam():
 
     with pytest.raises(ConfigError, match="fused_adam"):
         MultVAE(fused_adam=True, optimizer="sgd")
+
+
+def test_bfloat16_matmuls_round_the_factors_and_keep_float32_around_them():
+    """``matmul_dtype = "bfloat16"``: the product equals float32's of the factors rounded to
+    bfloat16 (the dense and the sparse path alike), a fit trains to about the float32 fit's losses
+    and scores (a different model numerically, not a copy), and an unknown dtype is refused."""
+    from research.errors import ConfigError
+    from research.models.keras.common import tf
+    from research.models.keras.multvae import MultVAE
+    from research.models.keras.multvae_sparse import matmul
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 7)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
+    rounded = [tf.cast(tf.cast(v, tf.bfloat16), tf.float32).numpy() for v in (a, b)]
+    got = matmul(tf.constant(a), tf.constant(b), "bfloat16")
+    assert got.dtype == tf.float32 and not np.allclose(got.numpy(), a @ b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got.numpy(), rounded[0] @ rounded[1], rtol=1e-2, atol=1e-2)
+    np.testing.assert_array_equal(matmul(tf.constant(a), tf.constant(b)).numpy(), tf.matmul(a, b).numpy())
+
+    train = _data(seed=5)
+    kw = dict(hidden=[16], latent=6, epochs=2, batch_size=8, seed=11)
+    f32 = MultVAE(**kw).fit(train, None, early_stopping=False)
+    users = np.arange(train.n_users)
+    for sparse in (False, True):
+        bf = MultVAE(**kw, matmul_dtype="bfloat16", sparse_input=sparse).fit(train, None, early_stopping=False)
+        assert all(w.dtype == tf.float32 for w in bf.model.weights)
+        np.testing.assert_allclose(bf.history["loss"], f32.history["loss"], rtol=2e-2)
+        s, ref = bf.score(users), f32.score(users)
+        assert not np.array_equal(s, ref)
+        np.testing.assert_allclose(s, ref, rtol=0, atol=5e-2 * np.abs(ref).max())
+    with pytest.raises(ConfigError, match="matmul_dtype"):
+        MultVAE(matmul_dtype="float16")

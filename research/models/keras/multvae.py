@@ -151,6 +151,7 @@ from research.models.keras.common import KerasRecommender, TFRSModel, tf
 from research.models.keras.multvae_sparse import (
     FusedAdam,
     bag_tensor,
+    dense_apply,
     l2_normalize_rows,
     multinomial_nll_sparse,
     row_sums,
@@ -167,6 +168,7 @@ WIDES = ("none", "ease")
 ENCODERS = ("mlp", "dense")
 DECODERS = ("mlp", "linear")
 PRIORS = ("normal", "composite")
+MATMUL_DTYPES = ("float32", "bfloat16")
 _DAE_WEIGHT_DECAY = 0.01  # the paper's lambda for Mult-DAE
 
 
@@ -220,9 +222,11 @@ class _MultVAEModel(TFRSModel):
     def __init__(self, n_items, out_items, hidden, latent, variant, dropout, weight_decay, beta_cap,
                  anneal_steps, train_hist, score_hist, candidates, val_k, noise_seed, linear_l2=None,
                  wide=None, wide_trainable=False, wide_scale=1.0, encoder="mlp", decoder="mlp",
-                 prior="normal", kl_gamma=0.0, steps_per_epoch=1, sparse_input=False):
+                 prior="normal", kl_gamma=0.0, steps_per_epoch=1, sparse_input=False,
+                 matmul_dtype="float32"):
         super().__init__()
         self.sparse_input = bool(sparse_input)
+        self.matmul_dtype = matmul_dtype
         self.n_items = int(n_items)  # the catalogue
         self.n_out = len(out_items)  # the modelled anime (input and softmax), indexed 0..n_out-1
         inv = np.full(self.n_items, self.n_out, np.int32)
@@ -385,12 +389,13 @@ class _MultVAEModel(TFRSModel):
         h = self._drop(h, self._keep(h, noise_key, rows))
         layers, norms, bottleneck = (self.encoder, self.norms, self.bottleneck) if not old else self.old_encoder
         if self.encoder_kind == "mlp":
-            for layer in layers:
-                h = sparse_layer(layer, h, self.n_out)  # the first layer may take the sparse bag
+            for j, layer in enumerate(layers):  # the first layer may take the sparse bag
+                h = sparse_layer(layer, h, self.n_out, self.matmul_dtype if j == 0 else "float32")
         else:  # h_j = LN(swish(W_j h_{j-1} + h_1 + ... + h_{j-1}))
             outs = []
             for layer, norm in zip(layers, norms):
-                pre = layer(h) + tf.add_n(outs) if outs else sparse_layer(layer, h, self.n_out)
+                pre = layer(h) + tf.add_n(outs) if outs else \
+                    sparse_layer(layer, h, self.n_out, self.matmul_dtype)
                 h = norm(tf.nn.silu(pre))
                 outs.append(h)
         h = bottleneck(h)
@@ -405,7 +410,7 @@ class _MultVAEModel(TFRSModel):
     def decode(self, z):
         for layer in self.decoder:
             z = layer(z)
-        return self.logits_layer(z)
+        return dense_apply(self.logits_layer, z, self.matmul_dtype)
 
     def logits_of(self, users, which: str = "score"):
         """Inference logits over the catalogue (μ, no dropout) of ``users`` fed the history table
@@ -608,6 +613,10 @@ class MultVAE(KerasRecommender):
             model and loss, off by default so that the committed results stay bit-identical.
         fused_adam: with ``optimizer = "adam"``, Adam's dense update as TensorFlow's fused kernel
             (``multvae_sparse.FusedAdam``; the same formula), off by default for the same reason.
+        matmul_dtype: "float32", or "bfloat16": the two (batch x modelled anime)-sized products
+            (the first encoder layer and the logits layer, forward and both gradients) with their
+            factors rounded to bfloat16 (``multvae_sparse.matmul``); variables, sums, softmax and
+            loss stay float32. A different model numerically: off by default.
         epochs, batch_size, learning_rate, patience, ...: see ``KerasRecommender``.
     """
 
@@ -628,7 +637,8 @@ class MultVAE(KerasRecommender):
                  linear_l2: float = 1e-4, wide: str = "none", wide_lam: float = 300.0,
                  wide_weighting: str = "binary", wide_trainable: bool = False, wide_scale: float = 1.0,
                  encoder: str = "mlp", decoder: str = "mlp", prior: str = "normal", kl_gamma: float = 0.0,
-                 sparse_input: bool = False, fused_adam: bool = False, seed: int = 0, **train):
+                 sparse_input: bool = False, fused_adam: bool = False, matmul_dtype: str = "float32",
+                 seed: int = 0, **train):
         super().__init__(seed=seed, **train)
         hidden = [hidden] if isinstance(hidden, (int, np.integer)) else list(hidden)
         if not hidden or any(int(h) < 1 for h in hidden) or int(latent) < 1:
@@ -663,6 +673,8 @@ class MultVAE(KerasRecommender):
             raise ConfigError("multvae: prior = 'composite' and kl_gamma > 0 need variant = 'vae' (a KL term)")
         if float(kl_gamma) < 0:
             raise ConfigError(f"multvae: kl_gamma must be >= 0, got {kl_gamma}")
+        if matmul_dtype not in MATMUL_DTYPES:
+            raise ConfigError(f"multvae: matmul_dtype must be one of {MATMUL_DTYPES}, got {matmul_dtype!r}")
         if fused_adam and self.optimizer != "adam":
             raise ConfigError(f"multvae: fused_adam needs optimizer = 'adam', got {self.optimizer!r}")
         self.monitor = f"val_ndcg_at_{int(val_k)}"
@@ -684,6 +696,7 @@ class MultVAE(KerasRecommender):
         self.encoder, self.decoder, self.prior = encoder, decoder, prior
         self.kl_gamma = float(kl_gamma)
         self.sparse_input, self.fused_adam = bool(sparse_input), bool(fused_adam)
+        self.matmul_dtype = matmul_dtype
         self._fit_val = None
         self._wide_init = None  # the EASE matrix between prepare() and build_model() (not saved twice)
 
@@ -777,7 +790,8 @@ class MultVAE(KerasRecommender):
             wide=(self._wide_init if self._wide_init is not None else True) if self.wide == "ease" else None,
             wide_trainable=self.wide_trainable, wide_scale=self.wide_scale, encoder=self.encoder,
             decoder=self.decoder, prior=self.prior, kl_gamma=self.kl_gamma,
-            steps_per_epoch=st.get("steps_per_epoch", 1), sparse_input=self.sparse_input)
+            steps_per_epoch=st.get("steps_per_epoch", 1), sparse_input=self.sparse_input,
+            matmul_dtype=self.matmul_dtype)
 
     def make_optimizer(self):
         if self.fused_adam:  # optimizer == "adam" (checked in __init__)
