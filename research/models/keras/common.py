@@ -1,7 +1,7 @@
 """What every Keras / TFRS model of the project shares: ``KerasRecommender`` and ``TFRSModel``.
 
 The wrapper is here, its pieces beside it (``tfrs_model.py``, ``optimizers.py``, ``callbacks.py``,
-``multiworker.py``, ``projector.py``, ``files.py``); the models import their names from here.
+``multiworker.py``, ``projector.py``, ``files.py``, ``saving.py``); the models import their names from here.
 
 A Keras recommender is two objects:
 
@@ -70,22 +70,17 @@ from research.data import tfdata
 from research.data.interactions import Interactions, Meta
 from research.errors import ConfigError
 from research.models.base import Recommender
+from research.models.keras import saving
 from research.models.keras.callbacks import _EarlyStopping, _History, builtin_callbacks
 from research.models.keras.files import _class_path, _json_default, _write_json
 from research.models.keras.multiworker import _allow_batch_means, agree_on_fit, strategy_for
 from research.models.keras.optimizers import LazyAdam, make_optimizer
 from research.models.keras.projector import write_projector
 from research.models.keras.tfrs_model import TFRSModel
-from research.results import save_npz
 from research.seeding import child_seed, seed_everything
 
 #: what the model modules import from here, besides the wrapper
 __all__ = ["KerasRecommender", "LazyAdam", "TFRSModel", "tf", "tfrs"]
-
-_STATE_FILE = "keras_model.json"
-_WEIGHTS_FILE = "weights.npz"
-_ARRAYS_FILE = "arrays.npz"
-
 
 class KerasRecommender(Recommender):
     """Base class of the Keras / TFRS recommenders (see the module docstring for the contract).
@@ -348,64 +343,17 @@ class KerasRecommender(Recommender):
             items = np.flatnonzero(trained) if trained is not None else np.arange(len(vecs))
         return write_projector(Path(log_dir or self.log_dir), vecs, items, self.meta)
 
-    # ---- persistence ---------------------------------------------------------------------
+    # ---- persistence (``saving.py``) ------------------------------------------------------
     def save(self, path) -> None:
-        """Write constructor arguments, fit state, history and weights under folder ``path``.
-
-        Files: ``keras_model.json`` (class, config, fit state, history), ``weights.npz`` (the Keras
-        model's weights, in ``model.weights`` order, with their names), ``arrays.npz`` (numpy fit state).
-        Reload with ``load(path, meta)`` in any process (``meta`` must be the same vocabularies).
-        """
-        self._require_fitted()
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        arrays = {k: v for k, v in self.fit_state.items() if isinstance(v, np.ndarray)}
-        scalars = {k: v for k, v in self.fit_state.items() if not isinstance(v, np.ndarray)}
-        state = {"class": _class_path(type(self)), "config": self.get_config(), "fit_state": scalars,
-                 "array_keys": sorted(arrays), "history": self.history, "fit_epochs": self.fit_epochs,
-                 "best_epoch": self.best_epoch, "fit_seconds": self.fit_seconds,
-                 "n_users": self.meta.n_users, "n_items": self.meta.n_items,
-                 "weight_names": [w.name for w in self.model.weights]}
-        weights = self.model.get_weights()
-        save_npz(path / _WEIGHTS_FILE, {f"w{i}": w for i, w in enumerate(weights)})
-        save_npz(path / _ARRAYS_FILE, arrays)
-        _write_json(path / _STATE_FILE, state)
+        """Write constructor arguments, fit state, history and weights under folder ``path``
+        (``research.models.keras.saving.save``: JSON and ``.npz`` files, no pickle)."""
+        saving.save(self, path)
 
     @classmethod
     def load(cls, path, meta: Meta, *, allow_pickle: bool = False) -> "KerasRecommender":
-        """Rebuild a model written by ``save`` (works in a fresh process).
-
-        Args:
-            path: the folder given to ``save``.
-            meta: the run's vocabularies (must have the sizes the model was trained with).
-            allow_pickle: ignored (the base signature): these files hold no pickle.
-        """
-        from research.models.base import registered_class
-
-        path = Path(path)
-        state = json.loads((path / _STATE_FILE).read_text())
-        klass = registered_class(state.get("class"), cls, path / _STATE_FILE)  # registry classes only
-        if (meta.n_users, meta.n_items) != (state["n_users"], state["n_items"]):
-            raise ValueError(f"{path}: saved for {state['n_users']} users x {state['n_items']} items, "
-                             f"meta has {meta.n_users} x {meta.n_items}")
-        obj = klass(**state["config"])
-        obj.meta = meta
-        obj.fit_state = dict(state["fit_state"])
-        with np.load(path / _ARRAYS_FILE, allow_pickle=False) as z:
-            obj.fit_state.update({k: z[k] for k in state["array_keys"]})
-        obj.history = state["history"]
-        obj.fit_epochs, obj.best_epoch = state["fit_epochs"], state["best_epoch"]
-        obj.fit_seconds = state.get("fit_seconds", 0.0)
-        obj.model = obj.build_model()
-        dummy = Interactions(np.zeros(1), np.zeros(1), np.ones(1), meta)
-        obj.model({k: tf.constant(v) for k, v in obj.features(dummy, training=False).items()})
-        with np.load(path / _WEIGHTS_FILE, allow_pickle=False) as z:
-            weights = [z[f"w{i}"] for i in range(len(z.files))]
-        if len(weights) != len(obj.model.weights):
-            raise ValueError(f"{path}: {len(weights)} saved weights, the rebuilt model has {len(obj.model.weights)}")
-        obj.model.set_weights(weights)
-        obj.after_fit()
-        return obj
+        """Rebuild a model written by ``save``, in any process (``saving.load``; ``meta``: the
+        run's vocabularies; ``allow_pickle``: ignored, these files hold no pickle)."""
+        return saving.load(cls, path, meta)
 
 
 def _train_attribute(name: str):
