@@ -31,8 +31,24 @@ def test_user_prefix_keeps_whole_users_within_the_rows(tmp_path):
     src = tmp_path / "r.csv"
     src.write_text("user_id,anime_id,rating\n" + "".join(f"{u},{i},-1\n" for u, n in ((1, 3), (2, 2), (3, 4))
                                                          for i in range(n)))
-    for limit, want in ((4, 3), (5, 5), (8, 5), (9, 9), (100, 9), (2, 0)):
+    for limit, want in ((4, 3), (5, 5), (8, 5), (9, 9), (100, 9)):
         n = _user_prefix(src, tmp_path / "out" / f"{limit}.csv", limit)
         lines = (tmp_path / "out" / f"{limit}.csv").read_text().splitlines()
         assert n == want and len(lines) == want + 1 and lines[0] == "user_id,anime_id,rating"
         assert lines[1:] == src.read_text().splitlines()[1:want + 1]
+
+
+def test_user_prefix_refuses_split_users_and_an_empty_prefix(tmp_path):
+    import pytest
+
+    from research.bench.verify import _user_prefix
+
+    src = tmp_path / "r.csv"
+    src.write_text("user_id,anime_id,rating\n" + "".join(f"{u},{i},-1\n" for u, n in ((1, 3), (2, 2), (3, 4))
+                                                         for i in range(n)))
+    with pytest.raises(ValueError, match="no whole user fits"):
+        _user_prefix(src, tmp_path / "out" / "2.csv", 2)  # the first user alone has 3 rows
+    split = tmp_path / "split.csv"
+    split.write_text("user_id,anime_id,rating\n1,1,5\n2,1,5\n1,2,5\n")
+    with pytest.raises(ValueError, match="line 4: user 1's rows are not contiguous"):
+        _user_prefix(split, tmp_path / "out" / "split.csv", 100)

@@ -72,9 +72,13 @@ def measure(quick: bool = False) -> dict:
             n = _user_prefix(Path(later) / file, prefix / file, GOAL_ROWS)
             later_files.append((prefix, f"{source}/{file}, first {n:,} rows (whole users)"))
         out = []
-        for where, label in later_files:
+        for where, label in later_files:  # each later file on its own: one failure keeps the other's numbers
             load0 = _load_avg()
-            rep = verify(run_dir, where, file=file, source=source, seed=0, quiet=True)
+            try:
+                rep = verify(run_dir, where, file=file, source=source, seed=0, quiet=True)
+            except Exception as exc:  # noqa: BLE001 - reported in the table, not raised
+                out.append({"later_file": label, "error": f"{type(exc).__name__}: {str(exc)[-500:]}"})
+                continue
             stage = rep["manifest"]["verify"]
             out.append({"config": cfg_file.name if quick else str(cfg_file.relative_to(REPO_ROOT)),
                         "later_file": label,
@@ -93,17 +97,23 @@ GOAL_ROWS = 300_000
 
 def _user_prefix(src, dst, max_rows: int) -> int:
     """Copy the header and the first whole users of ``src`` (a CSV whose first column is the user
-    id, each user's rows contiguous) while the rows stay within ``max_rows``; returns the rows."""
+    id, each user's rows contiguous) while the rows stay within ``max_rows``; returns the rows.
+    Raises ``ValueError`` when a user's rows are not contiguous in the part read (the prefix would
+    cut a user in two) or when not even the first user fits (an empty later file measures nothing)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    n, user, block = 0, None, []
+    n, user, block, seen = 0, None, [], set()
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
         out.write(f.readline())
-        for line in f:
+        for lineno, line in enumerate(f, start=2):
             u = line.split(",", 1)[0]
             if u != user:
                 if n + len(block) > max_rows:
                     block = []
                     break
+                if u in seen:
+                    raise ValueError(f"{src}, line {lineno}: user {u}'s rows are not contiguous; "
+                                     "a prefix of whole users needs each user's rows together")
+                seen.add(u)
                 out.writelines(block)
                 n += len(block)
                 user, block = u, []
@@ -111,6 +121,8 @@ def _user_prefix(src, dst, max_rows: int) -> int:
         if block and n + len(block) <= max_rows:  # the last user, when the whole file fits
             out.writelines(block)
             n += len(block)
+    if n == 0:
+        raise ValueError(f"{src}: no whole user fits in {max_rows:,} rows")
     return n
 
 
@@ -122,8 +134,10 @@ def run(quick: bool = False) -> dict:
         out = in_subprocess("research.bench.verify:measure", quick=quick)
     except Exception as exc:
         return {"status": "failed", "runs": [], "notes": [f"verify failed: {str(exc)[-500:]}"]}
-    return {"status": "ok", "runs": [{**r, "process_peak_rss_mb": out["peak_rss_mb"]} for r in out["result"]],
-            "notes": []}
+    runs = [{**r, "process_peak_rss_mb": out["peak_rss_mb"]} for r in out["result"] if "error" not in r]
+    notes = [f"verify on {r['later_file']} failed: {r['error']}" for r in out["result"] if "error" in r]
+    return {"status": "ok" if runs and not notes else ("partial" if runs else "failed"), "runs": runs,
+            "notes": notes}
 
 
 def _s(v) -> str:
@@ -148,7 +162,8 @@ def markdown(res: dict) -> str:
             f"**Beyond model loading: {t['beyond_model_loading']:,.1f} s** (reading the later file "
             f"{t['read_later_file']:,.1f} s, everything before the first model {t['before_models']:,.1f} s; "
             f"the whole verification {r['verify_seconds']:,.1f} s). Load average {_s(r['load_average_1min'])} → "
-            f"{_s(r['load_average_1min_end'])}; peak RSS {r['process_peak_rss_mb']:,.0f} MB (fit included).",
+            f"{_s(r['load_average_1min_end'])}; peak RSS {r['process_peak_rss_mb']:,.0f} MB (the one "
+            "subprocess's: the fit and every verification, so the same for each later file).",
             "",
             md_table(["model", "load s", "fold-in + score s", "ndcg@10 (sanity)"], rows),
             "",
