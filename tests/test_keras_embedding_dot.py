@@ -165,6 +165,38 @@ def test_stale_checkpoint_of_other_config_is_ignored(tmp_path):
     assert m.fit_epochs == FAST["epochs"] and m.history["epoch"][0] == 1
 
 
+def test_checkpoint_of_other_validation_rows_is_ignored(tmp_path):
+    """Early stopping's state in a checkpoint was measured on one validation part: a fit with the
+    same model and training rows but other validation rows must start over, not restore it."""
+    import tensorflow as tf
+
+    from research.models.keras.embedding_dot import EmbeddingDot
+
+    ds, split = _data(seed=3)
+
+    class CrashAfter(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise _Crash()
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Crash):
+        EmbeddingDot(**dict(FAST, early_stopping=False), checkpoint_dir=str(ckpt)).fit(
+            split.train, split.val, callbacks=[CrashAfter()])
+    assert (ckpt / "backup").exists()
+
+    class Epochs(tf.keras.callbacks.Callback):
+        ran = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.ran.append(epoch)
+
+    other_val = split.val.take(np.arange(len(split.val) - 1))
+    EmbeddingDot(**dict(FAST, early_stopping=False), checkpoint_dir=str(ckpt)).fit(
+        split.train, other_val, callbacks=[Epochs()])
+    assert Epochs.ran == list(range(FAST["epochs"]))  # trained from its first epoch: nothing restored
+
+
 def test_tensorboard_logs_and_projector(tmp_path):
     from research.models.keras.embedding_dot import EmbeddingDot
 

@@ -72,7 +72,7 @@ from research.errors import ConfigError
 from research.models.base import Recommender
 from research.models.keras import saving
 from research.models.keras.callbacks import _EarlyStopping, _History, builtin_callbacks
-from research.models.keras.files import _class_path, _json_default, _write_json
+from research.models.keras.files import _class_path, _json_default, _rows_digest, _write_json
 from research.models.keras.multiworker import _allow_batch_means, agree_on_fit, strategy_for
 from research.models.keras.optimizers import LazyAdam, make_optimizer
 from research.models.keras.projector import write_projector
@@ -246,7 +246,7 @@ class KerasRecommender(Recommender):
 
         ckpt = self.resolved_checkpoint_dir()
         if ckpt is not None:
-            self._claim_checkpoint_dir(ckpt, train, epochs, stop_early)
+            self._claim_checkpoint_dir(ckpt, train, epochs, stop_early, val)
         hist = _History(ckpt)
         stopper = None
         if stop_early:
@@ -284,12 +284,16 @@ class KerasRecommender(Recommender):
                 pass
         return self
 
-    def _claim_checkpoint_dir(self, ckpt: Path, train: Interactions, epochs: int, stop_early: bool) -> None:
-        """Keep ``ckpt`` only if it holds an interrupted fit of this exact configuration."""
+    def _claim_checkpoint_dir(self, ckpt: Path, train: Interactions, epochs: int, stop_early: bool,
+                              val: Interactions | None = None) -> None:
+        """Keep ``ckpt`` only if it holds an interrupted fit of this exact configuration: the same
+        model, training rows, and validation rows and histories (early stopping's state in the
+        checkpoint is only valid against the validation part it was measured on)."""
         fp = {"class": _class_path(type(self)), "config": self.get_config(), "epochs": epochs,
               "early_stopping": stop_early, "n_users": train.n_users, "n_items": train.n_items,
               "rows": len(train), "fit_state": {k: v for k, v in self.fit_state.items()
-                                                if not isinstance(v, np.ndarray)}}
+                                                if not isinstance(v, np.ndarray)},
+              "val": _rows_digest(val), "val_history": _rows_digest(getattr(self, "_val_history", None))}
         fp = json.loads(json.dumps(fp, default=_json_default))
         f = ckpt / "fingerprint.json"
         if ckpt.exists():

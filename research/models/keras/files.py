@@ -3,6 +3,7 @@ atomic writes of json-able values with numpy scalars and arrays, and the class p
 No TensorFlow here."""
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,3 +26,14 @@ def _json_default(o):
 
 def _class_path(klass) -> str:
     return f"{klass.__module__}:{klass.__qualname__}"
+
+
+def _rows_digest(rows):
+    """``None``, or an ``Interactions``' row count and a digest of its (user, item, rating) columns
+    (the checkpoint fingerprint's record of which validation rows a fit measured itself on)."""
+    if rows is None:
+        return None
+    h = hashlib.sha1()
+    for a in (rows.user, rows.item, rows.rating):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return {"rows": len(rows), "sha1": h.hexdigest()}
