@@ -199,3 +199,30 @@ def test_full_softmax_id_free_resume_matches_uninterrupted(tmp_path):
     assert resumed.history == whole.history and len(whole.history["epoch"]) == 4
     np.testing.assert_array_equal(resumed.user_vectors(), whole.user_vectors())
     np.testing.assert_array_equal(resumed.item_vectors(), whole.item_vectors())
+
+
+def test_history_mask_leaves_out_anime_that_are_not_candidates():
+    """A validation user's history (``val_history``) may hold an anime no training row has: it is
+    not a candidate, so it has no column; the history mask must not turn its missing column (-1)
+    into the last candidate's."""
+    from research.models.keras import full_softmax
+    from research.models.keras.two_tower import TwoTower, _candidate_history
+
+    col = np.array([0, 1, -1, 2], np.int32)
+    cols, splits = _candidate_history(col, np.array([0, 2, 2, 3, 1], np.int32), np.array([0, 2, 2, 5]))
+    assert cols.tolist() == [0, 2, 1] and splits.tolist() == [0, 1, 1, 3]
+    with pytest.raises(ValueError, match="drop non-candidates"):
+        full_softmax.history_mask_table(1, 3, [0, 2], np.array([0, -1]))
+
+    frame = pd.DataFrame({"user": [1, 1, 1, 2, 2, 3, 3, 3], "item": [100, 101, 102, 101, 103, 101, 104, 100],
+                          "rating": [8.0, 6.0, 9.0, 7.0, 5.0, 6.0, 7.0, 8.0]})
+    data = build_dataset(frame, _table(5), name="tiny").interactions
+    user3 = data.user == data.meta.users.index([3])[0]
+    last = user3 & (data.item == data.meta.items.index([100])[0])
+    train, val_history, val = (data.take(np.flatnonzero(~user3)), data.take(np.flatnonzero(user3 & ~last)),
+                               data.take(np.flatnonzero(last)))
+    m = TwoTower(**{**SMALL, "user_id": False, "loss": "full_softmax", "mask_history": True, "epochs": 1}).fit(
+        train, val, val_history=val_history)
+    table = m.model.mask_table.numpy()
+    u3 = int(val_history.user[0])
+    assert table[u3].tolist() == [False, True, False, False]  # anime 101 only; 104 is no candidate

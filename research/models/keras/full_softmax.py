@@ -48,6 +48,10 @@ def full_softmax_loss(q, c, target, temperature: float, history=None, weight=Non
 def history_mask_table(n_users: int, n_cols: int, hist_indptr, hist_cols: np.ndarray) -> np.ndarray:
     """(n_users, n_cols) bool: True where candidate column j is one of user u's training anime
     (``hist_cols``: the histories as candidate columns, CSR rows by ``hist_indptr``)."""
+    hist_cols = np.asarray(hist_cols)
+    if len(hist_cols) and (hist_cols.min() < 0 or hist_cols.max() >= n_cols):
+        raise ValueError(f"history columns must lie in [0, {n_cols}): drop non-candidates first "
+                         "(a -1 would mark the last column)")
     table = np.zeros((n_users, n_cols), np.bool_)
     h = np.asarray(hist_indptr, np.int64)
     table[np.repeat(np.arange(n_users), np.diff(h)), hist_cols] = True

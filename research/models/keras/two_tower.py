@@ -102,6 +102,18 @@ _LOSSES = ("in_batch", "full_softmax")
 _MASK_TABLE_BYTES = 256 << 20
 
 
+
+def _candidate_history(col: np.ndarray, hist_items, hist_indptr) -> tuple[np.ndarray, np.ndarray]:
+    """The histories (CSR: ``hist_items`` by ``hist_indptr``) as candidate columns (``col``: an
+    anime's column, -1 when it is not a candidate), non-candidates dropped: (columns, row splits)."""
+    indptr = np.asarray(hist_indptr, np.int64)
+    cols = col[np.asarray(hist_items, np.int64)]
+    keep = cols >= 0
+    rows = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+    counts = np.bincount(rows[keep], minlength=len(indptr) - 1)
+    return cols[keep], np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
 class _Rows:
     """A CSR-like (indptr, indices) pair of distinct anime per user (the training histories)."""
 
@@ -154,13 +166,16 @@ class _TwoTowerModel(TFRSModel):
         col[cand] = np.arange(len(cand), dtype=np.int32)
         self.cand_ids = tf.constant(cand)
         self.cand_col = tf.constant(col)
-        self.hist_cols = tf.RaggedTensor.from_row_splits(tf.constant(col[np.asarray(hist_items, np.int64)], tf.int32),
-                                                         tf.constant(hist_indptr, tf.int64))
+        # (a validation user's history may hold anime no training row has: not candidates, so not
+        # in any denominator, and left out of the mask, whose -1 column would mean the last one)
+        hist_cols, hist_splits = _candidate_history(col, hist_items, hist_indptr)
+        self.hist_cols = tf.RaggedTensor.from_row_splits(tf.constant(hist_cols, tf.int32),
+                                                         tf.constant(hist_splits, tf.int64))
         # the fast path's history mask: a (users x candidates) boolean table when it is small
         self.mask_table = None
         if self.fast_grad and self.mask_history and n_users * len(cand) <= _MASK_TABLE_BYTES:
-            cols = col[np.asarray(hist_items, np.int64)]
-            self.mask_table = tf.constant(full_softmax.history_mask_table(n_users, len(cand), hist_indptr, cols))
+            self.mask_table = tf.constant(full_softmax.history_mask_table(n_users, len(cand), hist_splits,
+                                                                          hist_cols))
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
         self.ndcg = tf.keras.metrics.Mean(name=f"ndcg_at_{val_k}")
 
