@@ -11,8 +11,10 @@ Numbers are never copied by hand: rerun the searches and this script, and the co
 With ``--reuse OLD.toml`` (a config this script wrote earlier), a search whose tuning folder is
 gone (a fresh machine keeps no ``results/runs``) is taken from OLD.toml instead: the two model
 tables this script wrote for it there (the ones whose comment names its ``tune_*.toml``), verbatim,
-comments included, so a config can gain one re-run search without re-running the others. A search
-that has a finished folder is always read from it.
+comments included, so a config can gain one re-run search without re-running the others (a
+transfer's table, ``<model>_tuned_from_<source>``, likewise). A search that has a finished folder is
+always read from it; one whose folder is there but unfinished is refused (finish it: reusing would
+hide that it is under way); and OLD.toml's ``[data]`` must be the new config's.
 
 With ``--blend``, two more models: ``blend_tuned`` (and ``blend`` at its defaults beside it),
 the stacked ensemble (``research.models.blend``) over the blend's default classical bases (bias,
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -60,6 +63,20 @@ def _table(name: str, typ: str, params: dict, note: str) -> str:
 
 def _data(cfg) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg.data).items() if v != getattr(config.DataConfig(), k)}
+
+
+def _plain(d: dict) -> dict:
+    """``d`` as TOML / JSON would give it back (tuples as lists), for comparing a written config's
+    ``[data]`` with ``_data``."""
+    return json.loads(json.dumps(d))
+
+
+def _search_folders(cfg, seed: int) -> bool:
+    """Whether the experiment has any ``tune-*-seed<seed>`` folder (``_earlier`` loads the data to
+    look inside them: not worth it when there is none, as on a fresh machine)."""
+    from research import results as R
+
+    return any((R.runs_root(cfg.results_path) / cfg.experiment).glob(f"tune-*-seed{seed}"))
 
 
 def _earlier(cfg, seed: int):
@@ -94,8 +111,6 @@ def _reused_blocks(path: str) -> dict[str, list[tuple[str, str]]]:
     """search file name -> [(model table name, its text with the comment line)] of a config this
     script wrote (``--reuse``): every ``# tuned: <file>, ...`` / ``# its default, ... (<file>)``
     comment directly above a ``[models.NAME]`` table, up to the next blank line."""
-    import re
-
     lines = Path(path).read_text().splitlines()
     out: dict[str, list[tuple[str, str]]] = {}
     for j in range(len(lines) - 1):
@@ -123,30 +138,16 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
     tables = []
     blend_bases = {}  # registry type -> tuned refit params of our rating models
     reused = _reused_blocks(reuse) if reuse else {}
+    old = tomllib.loads(Path(reuse).read_text()) if reuse else {}
+    reused_any = False
     for path in tune_configs:
         cfg = config.load(path)
         spec = tuned_spec(cfg)
         seed = int(cfg.seeds[0]) if cfg.seeds else 0
         folder = tuning_dir(cfg, seed)
-        if not (folder / "metrics.json").is_file():
+        if not (folder / "metrics.json").is_file() and _search_folders(cfg, seed):
             folder = _earlier(cfg, seed) or folder  # named by an earlier run-id scheme
         metrics_path = folder / "metrics.json"
-        if not metrics_path.is_file() and reuse and Path(path).name in reused:
-            blocks = [(n, t) for n, t in reused[Path(path).name]
-                      if n == f"{spec.name}_tuned" or (defaults and n == spec.name and n not in skip_defaults)]
-            if not any(n == f"{spec.name}_tuned" for n, _ in blocks):
-                raise SystemExit(f"{reuse}: no [models.{spec.name}_tuned] written from {Path(path).name}")
-            tables += [t for _, t in blocks]
-            old_models = tomllib.loads(Path(reuse).read_text())["models"]
-            if data is None:
-                data = _data(cfg)
-            tuned_text = next(t for n, t in blocks if n == f"{spec.name}_tuned")
-            if blend and spec.type not in PEER_MODELS and (" rmse " in tuned_text or " mae " in tuned_text):
-                blend_bases[spec.type] = {k: v for k, v in old_models[f"{spec.name}_tuned"].items() if k != "type"}
-            continue
-        if not metrics_path.is_file():
-            raise SystemExit(f"{path}: no finished search at {folder} (run: animerec tune {path})")
-        tuned = read_json(metrics_path)["tuned"]
         d = _data(cfg)
         suffix = ""
         if data is None:
@@ -155,17 +156,39 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
             if not data_from:
                 raise SystemExit(f"{path}: its data ({d}) differ from the first search's ({data})")
             suffix = f"_from_{cfg.data.source}"  # searched on other data: a transfer, and named so
+        name = f"{spec.name}_tuned{suffix}"
+        with_default = defaults and not suffix and spec.name not in skip_defaults  # a transfer's: the local row
+        if not metrics_path.is_file():
+            if folder.exists():  # --reuse stands in for a search that is gone, not for one under way
+                raise SystemExit(f"{path}: the search at {folder} has not finished (run: animerec tune {path})")
+            if not (reuse and Path(path).name in reused):
+                raise SystemExit(f"{path}: no finished search at {folder} (run: animerec tune {path})")
+            blocks = [(n, t) for n, t in reused[Path(path).name] if n == name or (with_default and n == spec.name)]
+            if not any(n == name for n, _ in blocks):
+                raise SystemExit(f"{reuse}: no [models.{name}] written from {Path(path).name}")
+            tables += [t for _, t in blocks]
+            reused_any = True
+            objective = re.search(r"\(val (\S+) ", next(t for n, t in blocks if n == name))
+            if blend and spec.type not in PEER_MODELS and objective and objective.group(1) in ("rmse", "mae"):
+                if spec.type in blend_bases:
+                    raise SystemExit(f"{path}: a second search of {spec.type}: a blend takes each base once")
+                blend_bases[spec.type] = {k: v for k, v in old["models"][name].items() if k != "type"}
+            continue
+        tuned = read_json(metrics_path)["tuned"]
         where = f"{Path(path).name}, trial {tuned['trial_id']} (val {tuned['objective']} " \
                 f"{tuned['val_value']:.4f}; default {tuned['default_val_value']:.4f})"
         what = "searched on other data and transferred here" if suffix else "tuned"
-        tables.append(_table(f"{spec.name}_tuned{suffix}", spec.type, tuned["refit_params"], f"{what}: {where}"))
+        tables.append(_table(name, spec.type, tuned["refit_params"], f"{what}: {where}"))
         if blend and spec.type not in PEER_MODELS and tuned["objective"] in ("rmse", "mae"):
             if spec.type in blend_bases:
                 raise SystemExit(f"{path}: a second search of {spec.type}: a blend takes each base once")
             blend_bases[spec.type] = tuned["refit_params"]
-        if defaults and not suffix and spec.name not in skip_defaults:  # a transfer's default: the local row
+        if with_default:
             tables.append(_table(spec.name, spec.type, tuned["default_refit_params"],
                                  f"its default, with the refit's epochs if it stops early ({Path(path).name})"))
+    if reused_any and _plain(old.get("data", {})) != _plain(data):
+        raise SystemExit(f"{reuse}: its data ({old.get('data', {})}) differ from this config's ({data}): "
+                         "its tuned models were searched for other data")
     head = [f"# Generated by experiments/tuned_config.py from {', '.join(Path(p).name for p in tune_configs)}:",
             "# every model at the configuration its search chose on seed 0's validation part, and at its",
             "# default, fitted on train + validation (the searches' refit protocol) and scored on test.",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -81,12 +82,53 @@ def test_reuse_takes_a_search_without_folder_from_the_earlier_config(searches, t
     text = mod.build(order, "peak", [0, 1], blend=True)
     old = tmp_path / "peak.toml"
     old.write_text(text)
-    (tmp_path / "runs" / "embedding_dot" / "metrics.json").unlink()
+    (tmp_path / "runs" / "embedding_dot" / "metrics.json").unlink()  # the folder stays: under way
+    with pytest.raises(SystemExit, match="has not finished"):
+        mod.build(order, "peak", [0, 1], blend=True, reuse=str(old))
+    shutil.rmtree(tmp_path / "runs" / "embedding_dot")  # gone, as on a fresh machine
     with pytest.raises(SystemExit, match="no finished search"):
         mod.build(order, "peak", [0, 1], blend=True)
     assert mod.build(order, "peak", [0, 1], blend=True, reuse=str(old)) == text
-    (tmp_path / "runs" / "ease" / "metrics.json").unlink()
+    shutil.rmtree(tmp_path / "runs" / "ease")
     other = tmp_path / "other.toml"
     other.write_text(mod.build([cfgs["surprise_svd"]], "peak", [0, 1], reuse=str(old)))
     with pytest.raises(SystemExit, match="no finished search"):  # other.toml has no ease: not invented
         mod.build([cfgs["ease"]], "peak", [0, 1], reuse=str(other))
+
+
+def test_reuse_refuses_other_data_and_a_second_blend_base(searches, tmp_path, monkeypatch):
+    mod, cfgs = searches
+    monkeypatch.setattr(mod, "tuning_dir", lambda cfg, seed: tmp_path / "runs" / cfg.tune.model)
+    order = [cfgs["embedding_dot"], cfgs["ease"]]
+    old = tmp_path / "peak.toml"
+    written = mod.build(order, "peak", [0], blend=True)
+    assert "[data]\n\n" in written  # the synthetic default: no key
+    old.write_text(written.replace("[data]\n", '[data]\nsource = "mal2020"\n'))
+    shutil.rmtree(tmp_path / "runs" / "embedding_dot")
+    with pytest.raises(SystemExit, match="its data .* differ"):  # searched for other data: not taken
+        mod.build(order, "peak", [0], blend=True, reuse=str(old))
+    # two searches of one type (model names embedding_dot and ed2), both gone: one blend base only
+    ed2 = tmp_path / "tune_ed2.toml"
+    ed2.write_text('experiment = "tune_ed2"\n[data]\nsource = "synth"\n[tune]\nmodel = "ed2"\n'
+                   'objective = "rmse"\n[models.ed2]\ntype = "embedding_dot"\n')
+    old.write_text(mod.build([cfgs["ease"]], "peak", [0]) + "\n" + "".join(
+        f"# tuned: tune_{n}.toml, trial 3 (val rmse 1.2000; default 1.3000)\n"
+        f'[models.{n}_tuned]\ntype = "embedding_dot"\ndim = 19\n\n' for n in ("embedding_dot", "ed2")))
+    with pytest.raises(SystemExit, match="a blend takes each base once"):
+        mod.build([cfgs["embedding_dot"], str(ed2)], "peak", [0], blend=True, reuse=str(old))
+
+
+def test_reuse_takes_a_transfer_by_its_name(tmp_path, monkeypatch):
+    """With ``data_from``, a search on other data is a transfer (``<model>_tuned_from_<source>``):
+    --reuse finds that table, not the plain name."""
+    mod = _script()
+    run_data = tmp_path / "run.toml"
+    run_data.write_text('experiment = "x"\n[data]\nsource = "mal2020"\n')
+    cfg, folder = _search(tmp_path, "ease", "ease", "ndcg@10", {"l2": 300.0})
+    monkeypatch.setattr(mod, "tuning_dir", lambda c, seed: folder)
+    text = mod.build([str(cfg)], "peak", [0], data_from=str(run_data))
+    assert "[models.ease_tuned_from_synth]" in text and "[models.ease]" not in text
+    old = tmp_path / "peak.toml"
+    old.write_text(text)
+    shutil.rmtree(folder)
+    assert mod.build([str(cfg)], "peak", [0], data_from=str(run_data), reuse=str(old)) == text
