@@ -49,7 +49,8 @@ loss, encoder and fit loop share its hyperparameters; a sixth is this docstring,
   held-out users (``fits_val_history``, ``Recommender.fit_split``) a validation user has no
   training row, so their *history* rows join the input table (the encoder's input at validation;
   the training examples stay train's users): the number is the harness's ``part="val"`` of them
-  folded in (``tests/test_heldout.py`` checks it), where before it scored an empty bag.
+  folded in (``tests/test_multvae.py::test_heldout_users_validate_folded_in`` checks it), where
+  before it scored an empty bag.
 
 Which rows each stage sees:
 

@@ -23,7 +23,9 @@ def save(model, path) -> None:
     """Write constructor arguments, fit state, history and weights under folder ``path``.
 
     Files: ``keras_model.json`` (class, config, fit state, history), ``weights.npz`` (the Keras
-    model's weights, in ``model.weights`` order, with their names), ``arrays.npz`` (numpy fit state).
+    model's weights, in ``model.weights`` order, with their names), ``arrays.npz`` (numpy fit state:
+    for a model fitted with ``val_history`` — two_tower's and multvae's held-out validation users —
+    the histories it holds include those users' rows, so a saved run folder carries them too).
     Reload with ``load(path, meta)`` in any process (``meta`` must be the same vocabularies).
     """
     model._require_fitted()
