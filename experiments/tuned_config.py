@@ -8,8 +8,10 @@ that runs all of them, tuned and default, over several seeds with the same proto
 refit (``split.fit_on = "train+val"``, scored on test), beside the trivial baselines of base.toml.
 Numbers are never copied by hand: rerun the searches and this script, and the config follows.
 
-With ``--reuse OLD.toml`` (a config this script wrote earlier), a search whose tuning folder is
-gone (a fresh machine keeps no ``results/runs``) is taken from OLD.toml instead: the two model
+A search's ``metrics.json`` is read from its tuning folder or, when that is gone (a fresh machine
+keeps no ``results/runs``), from its committed archive (``results/searches``,
+``research.tuning.archive``). With ``--reuse OLD.toml`` (a config this script wrote earlier), a
+search with neither (searched before archives existed) is taken from OLD.toml instead: the two model
 tables this script wrote for it there (the ones whose comment names its ``tune_*.toml``), verbatim,
 comments included, so a config can gain one re-run search without re-running the others (a
 transfer's table, ``<model>_tuned_from_<source>``, likewise). A search that has a finished folder is
@@ -39,6 +41,7 @@ from pathlib import Path
 from research import config
 from research.results import read_json
 from research.tuning import tuned_spec, tuning_dir
+from research.tuning.archive import archive_dir
 
 
 def _toml_value(v) -> str:
@@ -148,6 +151,9 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
         if not (folder / "metrics.json").is_file() and _search_folders(cfg, seed):
             folder = _earlier(cfg, seed) or folder  # named by an earlier run-id scheme
         metrics_path = folder / "metrics.json"
+        kept = archive_dir(folder, cfg.results_path)  # the committed copy (research.tuning.archive)
+        if not metrics_path.is_file() and (kept / "metrics.json").is_file():
+            metrics_path = kept / "metrics.json"
         d = _data(cfg)
         suffix = ""
         if data is None:
@@ -159,8 +165,9 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
         name = f"{spec.name}_tuned{suffix}"
         with_default = defaults and not suffix and spec.name not in skip_defaults  # a transfer's: the local row
         if not metrics_path.is_file():
-            if folder.exists():  # --reuse stands in for a search that is gone, not for one under way
-                raise SystemExit(f"{path}: the search at {folder} has not finished (run: animerec tune {path})")
+            if folder.exists() or kept.exists():  # --reuse stands in for a search that is gone, not one under way
+                raise SystemExit(f"{path}: the search at {folder if folder.exists() else kept} has not finished "
+                                 f"(run: animerec tune {path})")
             if not (reuse and Path(path).name in reused):
                 raise SystemExit(f"{path}: no finished search at {folder} (run: animerec tune {path})")
             blocks = [(n, t) for n, t in reused[Path(path).name] if n == name or (with_default and n == spec.name)]

@@ -394,3 +394,63 @@ def test_bayesian_proposals_stay_inside_an_int_box():
     o = _bayesian_class()(objective=kt.Objective("rmse", "min"), hyperparameters=hps, max_trials=3, seed=1)
     assert o._vector_to_values([1.0, 1.0]) == {"dim": 128, "k": 10}
     assert o._vector_to_values([0.0, 0.0]) == {"dim": 8, "k": 1}
+
+
+# ---- the committed archive of a search (research.tuning.archive) ------------------------------
+@pytest.mark.keras
+def test_a_search_resumes_from_its_archive_when_its_folder_is_gone(tmp_path):
+    """A fresh machine has no results/runs: the archive under results/searches (JSON only) lets the
+    search go on where it stopped: a killed trial is re-run with its own values, done ones are not,
+    and a finished search given a larger budget runs only the new trial."""
+    import shutil
+
+    from research.tuning import archive, tune
+
+    data, calls = _dataset(), []
+    cfg = _cfg(tmp_path, "max_trials = 3", retrain=True)
+
+    def killer(tid, params):
+        calls.append((tid, params["user_damping"]))
+        if tid == "1":
+            raise _Kill()
+
+    with pytest.raises(_Kill):
+        tune(cfg, data, quiet=True, trial_hook=killer)
+    folder = tuning_dir_of(cfg)
+    kept = archive.archive_dir(folder, cfg.results_path)
+    assert kept == tmp_path / "results" / "searches" / "t" / folder.name
+    files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
+    assert all(f.endswith(".json") for f in files) and "keras_tuner/oracle.json" in files
+    assert _tuning(kept)["status"] == "interrupted"
+    shutil.rmtree(folder)
+    out = tune(cfg, data, quiet=True, trial_hook=lambda tid, p: calls.append((tid, p["user_damping"])))
+    assert out == folder and [c[0] for c in calls] == ["0", "1", "1", "2"] and calls[1] == calls[2]
+    t = _tuning(out)
+    assert [r["status"] for r in t["trials"]] == ["COMPLETED"] * 3 and t["status"] == "finished"
+    assert json.loads((kept / "metrics.json").read_text())["tuned"] == json.loads(
+        (out / "metrics.json").read_text())["tuned"]  # what tuned_config.py reads on a fresh machine
+    shutil.rmtree(folder)
+    calls.clear()
+    tune(_cfg(tmp_path, "max_trials = 4", retrain=True), data, quiet=True,
+         trial_hook=lambda tid, p: calls.append(tid))
+    assert calls == ["3"] and _tuning(kept)["trials"][:3] == t["trials"]
+
+
+def test_restore_copies_only_into_a_missing_folder(tmp_path):
+    from research.tuning import archive
+
+    results = tmp_path / "results"
+    folder = results / "runs" / "e" / "tune-x-seed0"
+    (folder / "keras_tuner" / "trial_00").mkdir(parents=True)
+    for rel in ("tuning.json", "metrics.json", "keras_tuner/oracle.json", "keras_tuner/trial_00/trial.json"):
+        (folder / rel).write_text('{"a": 1}')
+    (folder / "keras_tuner" / "trial_00" / "checkpoint.h5").write_text("not archived")
+    kept = archive.save(folder, results)
+    assert (kept / "metrics.json").is_file() and not (kept / "keras_tuner" / "trial_00" / "checkpoint.h5").exists()
+    assert not archive.restore(folder, results)  # the folder is there: left alone
+    import shutil
+
+    shutil.rmtree(folder)
+    assert archive.restore(folder, results)
+    assert (folder / "keras_tuner" / "oracle.json").is_file() and (folder / "tuning.json").is_file()
+    assert not (folder / "metrics.json").exists()  # the refit rewrites it: not restored

@@ -18,6 +18,7 @@ from research.config import Config
 from research.errors import ConfigError
 from research.models import registry
 from research.seeding import child_seed, seed_everything
+from research.tuning import archive
 from research.tuning.context import Context
 from research.tuning.folder import check_data, data_fingerprint, earlier_search, tuning_dir
 from research.tuning.hparams import declare_hparams
@@ -78,6 +79,9 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
                 print(f"[animerec] the same search (model, space, split) is in {earlier}: continuing there",
                       file=sys.stderr)
             out = earlier
+        elif archive.restore(out, cfg.results_path) and not quiet:  # a fresh machine: the committed state
+            print(f"[animerec] {out.name}: restored from {archive.archive_dir(out, cfg.results_path)}",
+                  file=sys.stderr)
     from research import locking
 
     locking.acquire(out)  # one search per tuning folder (a second one exits 2 naming this pid)
@@ -124,7 +128,9 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
             failed = summary_path.is_file() and R.read_json(summary_path).get("status") == "failed"
             if not failed:
                 write_summary(ctx, oracle, status="interrupted")
+            archive.save(out, cfg.results_path)
     summary = write_summary(ctx, oracle, status="finished")
+    archive.save(out, cfg.results_path)
     bad = [r for r in summary["trials"] if r["status"] != "COMPLETED"]
     if bad:  # cannot happen through run_trial (it raises); guards oracle surprises
         raise RuntimeError(f"tuning trials not completed: {[(r['trial_id'], r['status']) for r in bad]}")
@@ -137,4 +143,5 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     if cfg.tune.retrain_on_full:
         refit(ctx, dataset, split, summary, quiet=quiet)
     R.write_json(out / "status.json", {"status": "finished", "finished": time.time()})
+    archive.save(out, cfg.results_path)
     return out

@@ -1,6 +1,6 @@
 """``tuning.json``: every trial's status, values, metrics, time and memory, and the best trial (the
-one file that says what a search found; written after every trial that fails, and when the search
-stops or ends)."""
+one file that says what a search found; written after every trial, status "running" or "failed",
+and when the search stops or ends: "interrupted", "finished")."""
 from __future__ import annotations
 
 from research import results as R

@@ -28,6 +28,7 @@ import numpy as np
 
 from research.eval import metrics as M
 from research.models import registry
+from research.tuning import archive
 from research.tuning.context import Context
 from research.tuning.hparams import log_trial
 from research.tuning.memory import release_memory, rss_mb
@@ -112,11 +113,13 @@ class HarnessTuner(kt.Tuner):
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)  # the oracle records the status and saves its state
+        # tuning.json after every trial (a kill leaves the trials so far recorded), then the archive
+        write_summary(self.ctx, self.oracle, status="failed" if trial.status != "COMPLETED" else "running")
+        archive.save(self.ctx.out, self.ctx.cfg.results_path)  # what a fresh machine resumes from
         if trial.status != "COMPLETED":
             exc = self.failure or RuntimeError(f"trial {trial.trial_id} ended {trial.status}: "
                                                f"{trial.message or ''}")
             self.failure = None
-            write_summary(self.ctx, self.oracle, status="failed")
             if hasattr(exc, "add_note"):
                 exc.add_note(f"(tuning trial {trial.trial_id} of models.{self.ctx.spec.name}, "
                              f"hyperparameters {trial.hyperparameters.values}; see "
