@@ -483,12 +483,20 @@ def _num(x) -> str:
 
 def searches(results_dir: Path, experiment: str | None = None) -> dict[str, list[dict]]:
     """The ``tuning.json`` of every search under ``results_dir/runs`` (or the one experiment's), the
-    newest per seed, by experiment name; a file that does not parse is left out (read, never run)."""
+    newest per seed, by experiment name; a file that does not parse is left out (read, never run).
+    A search whose tuning folder is gone is read from its committed archive under
+    ``results_dir/searches`` (``research.tuning.archive``), so a fresh machine rebuilds the trials tables."""
     from research.results import read_json, runs_root
 
     root = runs_root(results_dir)
+    pattern = f"{experiment or '*'}/tune-*/tuning.json"
+    files = sorted(root.glob(pattern)) if root.is_dir() else []
+    live = {f.parent.relative_to(root) for f in files}
+    kept = Path(results_dir) / "searches"
+    archived = sorted(kept.glob(pattern)) if kept.is_dir() else []
+    files += [f for f in archived if f.parent.relative_to(kept) not in live]
     found: dict[str, dict[int, tuple[float, dict]]] = {}
-    for f in root.glob(f"{experiment or '*'}/tune-*/tuning.json") if root.is_dir() else ():
+    for f in files:
         try:
             meta = read_json(f)
         except (OSError, ValueError):

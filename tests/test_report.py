@@ -218,3 +218,12 @@ def test_a_search_without_a_refit_gets_its_trials_table(tmp_path):
     assert "0.99" not in text and "Seed 1" not in text  # the older search of seed 0; the unreadable one
     with pytest.raises(Exception, match="no finished runs or searches"):
         report.build("tune_y", results_dir=tmp_path, figures=False)
+    # a fresh machine: no results/runs, the committed archive (results/searches) gives the same table
+    import shutil
+
+    kept = tmp_path / "searches" / "tune_x" / "tune-new-seed0"
+    kept.mkdir(parents=True)
+    shutil.copy(tmp_path / "runs" / "tune_x" / "tune-new-seed0" / "tuning.json", kept / "tuning.json")
+    shutil.rmtree(tmp_path / "runs")
+    again = report.build("tune_x", results_dir=tmp_path, figures=False)
+    assert [p.name for p in again] == ["tune_x_trials.md"] and again[0].read_text() == text
