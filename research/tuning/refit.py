@@ -28,17 +28,18 @@ from research.tuning.memory import release_memory
 from research.tuning.space import BASELINES
 
 
-def _fit_score(ctx: Context, typ: str, params: dict, seed: int, split, part: str, log_name: str, train=None):
-    """Build, fit and score one model; returns (model, EvalResult, metrics dict). Fitted on
-    ``train`` without validation when given (the refit), else on the split's training part with
-    its validation part (``Recommender.fit_split``)."""
+def _fit_score(ctx: Context, typ: str, params: dict, seed: int, split, part: str, log_name: str, *,
+               refit_on=None):
+    """Build, fit and score one model; returns (model, EvalResult, metrics dict). ``refit_on``
+    (the refit: train + validation rows) fits on those rows without validation; None fits on the
+    split's training part with its validation part (``Recommender.fit_split``), as a trial does."""
     model = registry.build(typ, params, seed, where=f" ({log_name})")
     model.log_dir = str(ctx.out / "logs" / log_name)
     t0 = time.perf_counter()
-    if train is None:
+    if refit_on is None:
         model.fit_split(split)
     else:
-        model.fit(train, None)
+        model.fit(refit_on, None)
     fit_seconds = time.perf_counter() - t0
     res = ctx.evaluate(model, split, part=part)
     return model, res, {**res.summary, **model.extra_metrics(), "fit_seconds": fit_seconds}
@@ -119,7 +120,7 @@ def refit(ctx: Context, dataset, split, summary: dict, quiet: bool = False) -> N
     for name, typ, params, mseed in rows:
         if not quiet:
             print(f"[animerec] refit on train+validation: {name} ...", file=sys.stderr, flush=True)
-        model, res, m = _fit_score(ctx, typ, params, mseed, split, "test", f"refit_{name}", train=train_val)
+        model, res, m = _fit_score(ctx, typ, params, mseed, split, "test", f"refit_{name}", refit_on=train_val)
         folder.add_model(name, m, model, res)
         del model
         release_memory()
