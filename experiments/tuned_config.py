@@ -41,7 +41,7 @@ from pathlib import Path
 from research import config
 from research.results import read_json
 from research.tuning import tuned_spec, tuning_dir
-from research.tuning.archive import archive_dir
+from research.tuning.folder import search_archive
 
 
 def _toml_value(v) -> str:
@@ -72,6 +72,19 @@ def _plain(d: dict) -> dict:
     """``d`` as TOML / JSON would give it back (tuples as lists), for comparing a written config's
     ``[data]`` with ``_data``."""
     return json.loads(json.dumps(d))
+
+
+def _finished_archive(kept: Path) -> bool:
+    """Whether the archive holds a finished search with its refit: tuning.json "finished" and
+    metrics.json's tuned trial its best (a search extended since, or restarted on other data, has
+    an older refit's metrics.json beside a newer tuning.json until its own refit)."""
+    try:
+        summary, metrics = read_json(kept / "tuning.json"), read_json(kept / "metrics.json")
+    except (OSError, ValueError):
+        return False
+    best = (summary.get("best") or {}).get("trial_id")
+    return summary.get("status") == "finished" and best is not None and \
+        (metrics.get("tuned") or {}).get("trial_id") == best
 
 
 def _search_folders(cfg, seed: int) -> bool:
@@ -151,8 +164,8 @@ def build(tune_configs: list[str], experiment: str, seeds: list[int], defaults: 
         if not (folder / "metrics.json").is_file() and _search_folders(cfg, seed):
             folder = _earlier(cfg, seed) or folder  # named by an earlier run-id scheme
         metrics_path = folder / "metrics.json"
-        kept = archive_dir(folder, cfg.results_path)  # the committed copy (research.tuning.archive)
-        if not metrics_path.is_file() and (kept / "metrics.json").is_file():
+        kept = search_archive(cfg, seed)  # the committed copy (research.tuning.archive)
+        if not folder.exists() and _finished_archive(kept):
             metrics_path = kept / "metrics.json"
         d = _data(cfg)
         suffix = ""

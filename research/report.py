@@ -505,8 +505,10 @@ def searches(results_dir: Path, experiment: str | None = None) -> dict[str, list
             continue
         seed = int(meta.get("seed", 0) or 0)
         per_seed = found.setdefault(f.parent.parent.name, {})
-        if seed not in per_seed or f.stat().st_mtime > per_seed[seed][0]:
-            per_seed[seed] = (f.stat().st_mtime, meta)
+        when = meta.get("updated")  # written into tuning.json; an archive's mtime is its checkout's
+        when = float(when) if isinstance(when, (int, float)) else f.stat().st_mtime
+        if seed not in per_seed or when > per_seed[seed][0]:
+            per_seed[seed] = (when, meta)
     return {name: [per_seed[s][1] for s in sorted(per_seed)] for name, per_seed in sorted(found.items())}
 
 

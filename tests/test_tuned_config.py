@@ -24,8 +24,8 @@ def _script():
 def _search(tmp_path, model: str, typ: str, objective: str, refit: dict) -> tuple[Path, Path]:
     """A tune config of ``model`` and a folder holding a finished search's metrics.json."""
     cfg = tmp_path / f"tune_{model}.toml"
-    cfg.write_text(f'experiment = "tune_{model}"\n[data]\nsource = "synth"\n'
-                   f'[tune]\nmodel = "{model}"\nobjective = "{objective}"\n'
+    cfg.write_text(f'experiment = "tune_{model}"\nresults_dir = "{tmp_path / "results"}"\n'
+                   f'[data]\nsource = "synth"\n[tune]\nmodel = "{model}"\nobjective = "{objective}"\n'
                    f'[models.{model}]\ntype = "{typ}"\n')
     folder = tmp_path / "runs" / model
     folder.mkdir(parents=True)
@@ -132,3 +132,23 @@ def test_reuse_takes_a_transfer_by_its_name(tmp_path, monkeypatch):
     old.write_text(text)
     shutil.rmtree(folder)
     assert mod.build([str(cfg)], "peak", [0], data_from=str(run_data), reuse=str(old)) == text
+
+
+def test_a_finished_archive_stands_in_for_a_gone_folder_and_a_stale_one_does_not(searches, tmp_path, monkeypatch):
+    """A fresh machine: the search's folder is gone, its committed archive (results/searches) holds
+    tuning.json and metrics.json. Read when the search finished and the refit is of its best trial;
+    a search extended since (tuning.json running, or another best) is unfinished, not read."""
+    mod, cfgs = searches
+    text = mod.build([cfgs["ease"]], "peak", [0])
+    kept = tmp_path / "searches" / "tune_ease"
+    kept.mkdir(parents=True)
+    shutil.move(str(tmp_path / "runs" / "ease" / "metrics.json"), kept / "metrics.json")
+    shutil.rmtree(tmp_path / "runs" / "ease")
+    monkeypatch.setattr(mod, "search_archive", lambda cfg, seed: kept)
+    for status, best, ok in (("finished", "3", True), ("running", "3", False), ("finished", "5", False)):
+        (kept / "tuning.json").write_text(json.dumps({"status": status, "best": {"trial_id": best}}))
+        if ok:
+            assert mod.build([cfgs["ease"]], "peak", [0]) == text
+        else:
+            with pytest.raises(SystemExit, match="has not finished"):
+                mod.build([cfgs["ease"]], "peak", [0])

@@ -419,6 +419,7 @@ def test_a_search_resumes_from_its_archive_when_its_folder_is_gone(tmp_path):
     folder = tuning_dir_of(cfg)
     kept = archive.archive_dir(folder, cfg.results_path)
     assert kept == tmp_path / "results" / "searches" / "t" / folder.name
+    assert not list(kept.parent.glob("*.saving")) and not list(kept.parent.glob("*.old"))  # swapped in whole
     files = sorted(str(p.relative_to(kept)) for p in kept.rglob("*") if p.is_file())
     assert all(f.endswith(".json") for f in files) and "keras_tuner/oracle.json" in files
     assert _tuning(kept)["status"] == "interrupted"
@@ -436,21 +437,29 @@ def test_a_search_resumes_from_its_archive_when_its_folder_is_gone(tmp_path):
     assert calls == ["3"] and _tuning(kept)["trials"][:3] == t["trials"]
 
 
-def test_restore_copies_only_into_a_missing_folder(tmp_path):
+def test_restore_copies_only_into_a_missing_folder_and_save_mirrors(tmp_path):
+    import shutil
+
     from research.tuning import archive
 
     results = tmp_path / "results"
     folder = results / "runs" / "e" / "tune-x-seed0"
+    dest = archive.archive_dir(folder, results)
     (folder / "keras_tuner" / "trial_00").mkdir(parents=True)
-    for rel in ("tuning.json", "metrics.json", "keras_tuner/oracle.json", "keras_tuner/trial_00/trial.json"):
+    (folder / "keras_tuner" / "trial_01").mkdir(parents=True)
+    for rel in ("tuning.json", "metrics.json", "keras_tuner/oracle.json", "keras_tuner/trial_00/trial.json",
+                "keras_tuner/trial_01/trial.json"):
         (folder / rel).write_text('{"a": 1}')
     (folder / "keras_tuner" / "trial_00" / "checkpoint.h5").write_text("not archived")
-    kept = archive.save(folder, results)
-    assert (kept / "metrics.json").is_file() and not (kept / "keras_tuner" / "trial_00" / "checkpoint.h5").exists()
-    assert not archive.restore(folder, results)  # the folder is there: left alone
-    import shutil
-
+    assert archive.save(folder, dest) == dest
+    assert (dest / "metrics.json").is_file() and not (dest / "keras_tuner" / "trial_00" / "checkpoint.h5").exists()
+    shutil.rmtree(folder / "keras_tuner" / "trial_01")  # e.g. check_data discarded it
+    (folder / "metrics.json").unlink()
+    archive.save(folder, dest)
+    assert not (dest / "keras_tuner" / "trial_01").exists() and not (dest / "metrics.json").exists()  # a mirror
+    assert not archive.restore(folder, dest)  # the folder is there: left alone
     shutil.rmtree(folder)
-    assert archive.restore(folder, results)
+    dest.rename(dest.with_name(dest.name + ".old"))  # a save killed between its two renames
+    assert archive.restore(folder, dest)
     assert (folder / "keras_tuner" / "oracle.json").is_file() and (folder / "tuning.json").is_file()
-    assert not (folder / "metrics.json").exists()  # the refit rewrites it: not restored
+    assert not list(folder.parent.glob("*.restoring"))

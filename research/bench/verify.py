@@ -67,14 +67,16 @@ def measure(quick: bool = False) -> dict:
         run_dir = experiment.run(cfg, quiet=True)[0]
         fit_s = time.perf_counter() - t0
         later_files = [(later, f"{source}/{file}" if not quick else "synthetic later snapshot (animelist.csv)")]
-        if not quick:  # the goal's size too: the file's first whole users up to GOAL_ROWS rows
-            prefix = Path(tmp) / "later_goal_size"
-            n = _user_prefix(Path(later) / file, prefix / file, GOAL_ROWS)
-            later_files.append((prefix, f"{source}/{file}, first {n:,} rows (whole users)"))
+        if not quick:  # the goal's size too: the file's first whole users up to GOAL_ROWS rows (made below)
+            later_files.append((None, f"{source}/{file}, first whole users up to {GOAL_ROWS:,} rows"))
         out = []
         for where, label in later_files:  # each later file on its own: one failure keeps the other's numbers
             load0 = _load_avg()
             try:
+                if where is None:
+                    where = Path(tmp) / "later_goal_size"
+                    n = _user_prefix(Path(later) / file, where / file, GOAL_ROWS)
+                    label = f"{source}/{file}, first {n:,} rows (whole users)"
                 rep = verify(run_dir, where, file=file, source=source, seed=0, quiet=True)
             except Exception as exc:  # noqa: BLE001 - reported in the table, not raised
                 out.append({"later_file": label, "error": f"{type(exc).__name__}: {str(exc)[-500:]}"})

@@ -20,7 +20,7 @@ from research.models import registry
 from research.seeding import child_seed, seed_everything
 from research.tuning import archive
 from research.tuning.context import Context
-from research.tuning.folder import check_data, data_fingerprint, earlier_search, tuning_dir
+from research.tuning.folder import check_data, data_fingerprint, earlier_search, search_archive, tuning_dir
 from research.tuning.hparams import declare_hparams
 from research.tuning.oracles import make_oracle, requeue_failed
 from research.tuning.refit import refit
@@ -72,6 +72,7 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     from research.run_ids import dataset_id
 
     out = tuning_dir(cfg, seed, dataset_id(dataset))
+    kept = search_archive(cfg, seed, dataset_id(dataset))  # under the canonical name, whatever out is
     if not (out / "tuning.json").is_file():
         earlier = earlier_search(cfg, seed, split)  # the same search, named by an earlier id scheme
         if earlier is not None:
@@ -79,12 +80,11 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
                 print(f"[animerec] the same search (model, space, split) is in {earlier}: continuing there",
                       file=sys.stderr)
             out = earlier
-        elif archive.restore(out, cfg.results_path) and not quiet:  # a fresh machine: the committed state
-            print(f"[animerec] {out.name}: restored from {archive.archive_dir(out, cfg.results_path)}",
-                  file=sys.stderr)
     from research import locking
 
     locking.acquire(out)  # one search per tuning folder (a second one exits 2 naming this pid)
+    if archive.restore(out, kept) and not quiet:  # a fresh machine: the committed state
+        print(f"[animerec] {out.name}: restored from {kept}", file=sys.stderr)
     check_data(out, split, quiet)
     out.mkdir(parents=True, exist_ok=True)
     R.RunFolder(out, cfg.results_path).start({**cfg.to_dict(), "seed": seed}, seed, dataset.manifest)
@@ -100,7 +100,8 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     defaults = default_values(spec)
     meta["default_values"] = defaults  # tried first (None: the default lies outside the space)
     ctx = Context(cfg=cfg, spec=spec, out=out, objective=objective, direction=direction, seed=seed,
-                   model_seed=model_seed, meta=meta, trial_hook=trial_hook, quiet=quiet, defaults=defaults)
+                   model_seed=model_seed, meta=meta, trial_hook=trial_hook, quiet=quiet, defaults=defaults,
+                   archive=kept)
 
     oracle = make_oracle(cfg, spec, objective, direction, seed)
     from research.tuning.tuner import HarnessTuner  # keras-tuner, Keras 3, TensorFlow: only now
@@ -128,9 +129,9 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
             failed = summary_path.is_file() and R.read_json(summary_path).get("status") == "failed"
             if not failed:
                 write_summary(ctx, oracle, status="interrupted")
-            archive.save(out, cfg.results_path)
+            archive.save_quietly(out, kept)
     summary = write_summary(ctx, oracle, status="finished")
-    archive.save(out, cfg.results_path)
+    archive.save_quietly(out, kept)
     bad = [r for r in summary["trials"] if r["status"] != "COMPLETED"]
     if bad:  # cannot happen through run_trial (it raises); guards oracle surprises
         raise RuntimeError(f"tuning trials not completed: {[(r['trial_id'], r['status']) for r in bad]}")
@@ -143,5 +144,5 @@ def tune(cfg: Config, dataset=None, *, quiet: bool = False, trial_hook: Callable
     if cfg.tune.retrain_on_full:
         refit(ctx, dataset, split, summary, quiet=quiet)
     R.write_json(out / "status.json", {"status": "finished", "finished": time.time()})
-    archive.save(out, cfg.results_path)
+    archive.save_quietly(out, kept)
     return out

@@ -26,6 +26,7 @@ class Context:
     trial_hook: Callable | None = None
     quiet: bool = False
     defaults: dict | None = None  # the untuned configuration as a point of the space, if it is one
+    archive: Path | None = None  # the search's committed copy (research.tuning.archive), saved after each trial
 
     @property
     def project(self) -> Path:

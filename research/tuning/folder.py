@@ -28,6 +28,15 @@ from research.config import Config
 from research.tuning.space import BASELINES, tuned_spec
 
 
+def _searched(cfg: Config) -> Config:
+    """What a search's folder name hashes: the config with only the tuned table and the baselines
+    it refits (not the other models a base config lists, so adding one there keeps every search),
+    and no trial budget or ``retrain_on_full``."""
+    spec = tuned_spec(cfg)
+    kept = tuple(m for m in cfg.models if m.name == spec.name or (m.name in BASELINES and m.type == m.name))
+    return dataclasses.replace(cfg, models=kept, tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
+
+
 def tuning_dir(cfg: Config, seed: int, data: str | None = None) -> Path:
     """``results/runs/<experiment>/tune-<hash>_<data id>-seed<seed>`` (``research.run_ids.locate``:
     ``data`` is the data id, default ``data_id(cfg)``, computed without loading); the hash ignores
@@ -35,14 +44,24 @@ def tuning_dir(cfg: Config, seed: int, data: str | None = None) -> Path:
     ``max_trials`` extends the same search and a model added to a base config does not discard it."""
     from research.run_ids import data_id, locate
 
-    spec = tuned_spec(cfg)
-    # what the search depends on: data, split, eval, the tuned table and the baselines it refits
-    # (not the other models a base config lists, so adding one there keeps every search)
-    kept = tuple(m for m in cfg.models if m.name == spec.name or (m.name in BASELINES and m.type == m.name))
-    blank = dataclasses.replace(cfg, models=kept,
-                                tune=dataclasses.replace(cfg.tune, max_trials=0, retrain_on_full=True))
-    return locate(R.runs_root(cfg.results_path) / cfg.experiment, blank, seed,
+    return locate(R.runs_root(cfg.results_path) / cfg.experiment, _searched(cfg), seed,
                   data_id(cfg) if data is None else data, prefix="tune-")
+
+
+def canonical_tuning_dir(cfg: Config, seed: int, data: str | None = None) -> Path:
+    """The name ``tuning_dir`` gives when no folder of an earlier id scheme exists (a fresh
+    machine's): the name of the search's archive (``research.tuning.archive``)."""
+    from research.run_ids import data_id, run_id
+
+    return (R.runs_root(cfg.results_path) / cfg.experiment
+            / f"tune-{run_id(_searched(cfg), seed, data_id(cfg) if data is None else data)}")
+
+
+def search_archive(cfg: Config, seed: int, data: str | None = None) -> Path:
+    """Where the search's archive lives (``archive.archive_dir`` of ``canonical_tuning_dir``)."""
+    from research.tuning.archive import archive_dir
+
+    return archive_dir(canonical_tuning_dir(cfg, seed, data), cfg.results_path)
 
 
 def _search_identity(cfg: Config, seed: int) -> dict:

@@ -3,6 +3,8 @@ one file that says what a search found; written after every trial, status "runni
 and when the search stops or ends: "interrupted", "finished")."""
 from __future__ import annotations
 
+import time
+
 from research import results as R
 from research.tuning.context import Context
 from research.tuning.space import TUNER_KEYS
@@ -48,7 +50,7 @@ def _best(ctx: Context, oracle) -> dict | None:
 def write_summary(ctx: Context, oracle, status: str) -> dict:
     """Write ``tuning.json`` (the search's ``meta``, ``status``, every trial, the best) and return it."""
     trials = _trials(ctx, oracle)
-    summary = {**ctx.meta, "status": status, "trials": trials, "best": _best(ctx, oracle),
+    summary = {**ctx.meta, "status": status, "updated": time.time(), "trials": trials, "best": _best(ctx, oracle),
                "n_completed": sum(r["status"] == "COMPLETED" for r in trials),
                "search_seconds": sum(r.get("seconds", 0.0) for r in trials),
                "max_rss_mb": max((r["rss_mb"] for r in trials if r.get("rss_mb")), default=None)}

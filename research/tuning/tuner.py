@@ -115,7 +115,7 @@ class HarnessTuner(kt.Tuner):
         super().on_trial_end(trial)  # the oracle records the status and saves its state
         # tuning.json after every trial (a kill leaves the trials so far recorded), then the archive
         write_summary(self.ctx, self.oracle, status="failed" if trial.status != "COMPLETED" else "running")
-        archive.save(self.ctx.out, self.ctx.cfg.results_path)  # what a fresh machine resumes from
+        archive.save_quietly(self.ctx.out, self.ctx.archive)  # what a fresh machine resumes from
         if trial.status != "COMPLETED":
             exc = self.failure or RuntimeError(f"trial {trial.trial_id} ended {trial.status}: "
                                                f"{trial.message or ''}")

@@ -291,7 +291,7 @@ class KerasRecommender(Recommender):
         checkpoint is only valid against the validation part it was measured on)."""
         fp = {"class": _class_path(type(self)), "config": self.get_config(), "epochs": epochs,
               "early_stopping": stop_early, "n_users": train.n_users, "n_items": train.n_items,
-              "rows": len(train), "fit_state": {k: v for k, v in self.fit_state.items()
+              "rows": len(train), "train": _rows_digest(train), "fit_state": {k: v for k, v in self.fit_state.items()
                                                 if not isinstance(v, np.ndarray)},
               "val": _rows_digest(val), "val_history": _rows_digest(getattr(self, "_val_history", None))}
         fp = json.loads(json.dumps(fp, default=_json_default))
