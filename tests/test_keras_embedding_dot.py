@@ -121,8 +121,19 @@ class _Crash(Exception):
     pass
 
 
-def test_resume_after_interruption_matches_uninterrupted(tmp_path):
+def _crash_after_epoch(last: int):
+    """A Keras callback class that raises ``_Crash`` at the end of epoch ``last`` (0-based)."""
     import tensorflow as tf
+
+    class CrashAfter(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == last:
+                raise _Crash()
+
+    return CrashAfter
+
+
+def test_resume_after_interruption_matches_uninterrupted(tmp_path):
 
     from research.models.keras.embedding_dot import EmbeddingDot
 
@@ -130,10 +141,7 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path):
     cfg = dict(FAST, epochs=5, patience=2, seed=4)
     whole = EmbeddingDot(**cfg).fit(split.train, split.val)
 
-    class CrashAfter(tf.keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise _Crash()
+    CrashAfter = _crash_after_epoch(1)
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(_Crash):
@@ -174,10 +182,7 @@ def test_checkpoint_of_other_validation_rows_is_ignored(tmp_path):
 
     ds, split = _data(seed=3)
 
-    class CrashAfter(tf.keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise _Crash()
+    CrashAfter = _crash_after_epoch(1)
 
     ckpt = tmp_path / "ckpt"
     with pytest.raises(_Crash):

@@ -45,6 +45,15 @@ class _Kill(BaseException):
     """Escapes keras-tuner's per-trial ``except Exception``, like a SIGKILL mid-trial."""
 
 
+def _kill_at(trial_id: str, calls: list):
+    """A trial hook recording (trial, user_damping) in ``calls`` and killing trial ``trial_id``."""
+    def killer(tid, params):
+        calls.append((tid, params["user_damping"]))
+        if tid == trial_id:
+            raise _Kill()
+    return killer
+
+
 # ---- searches (TensorFlow via keras-tuner) ---------------------------------------------------
 
 @pytest.mark.keras
@@ -135,10 +144,7 @@ def test_killed_trial_is_rerun_and_finished_ones_are_not(tmp_path):
     data, calls = _dataset(), []
     cfg = _cfg(tmp_path, "max_trials = 3")
 
-    def killer(tid, params):
-        calls.append((tid, params["user_damping"]))
-        if tid == "1":
-            raise _Kill()
+    killer = _kill_at("1", calls)
 
     with pytest.raises(_Kill):
         tune(cfg, data, quiet=True, trial_hook=killer)
@@ -409,10 +415,7 @@ def test_a_search_resumes_from_its_archive_when_its_folder_is_gone(tmp_path):
     data, calls = _dataset(), []
     cfg = _cfg(tmp_path, "max_trials = 3", retrain=True)
 
-    def killer(tid, params):
-        calls.append((tid, params["user_damping"]))
-        if tid == "1":
-            raise _Kill()
+    killer = _kill_at("1", calls)
 
     with pytest.raises(_Kill):
         tune(cfg, data, quiet=True, trial_hook=killer)
