@@ -76,8 +76,14 @@ _IN_BATCH = ("its in-batch retrieval loss (loss = \"in_batch\") scores each exam
              "loss = \"full_softmax\" (each example against the whole catalogue) trains under the strategy")
 
 
+_USER_FOLDS = ("its grouped training (user_folds > 0) has not been checked against a 1-worker fit "
+               "(tests/test_distributed_models.py checks per-pair training)")
+
+
 def _two_tower(model) -> str | None:
-    return _IN_BATCH if getattr(model, "loss", "full_softmax") == "in_batch" else None
+    if getattr(model, "loss", "full_softmax") == "in_batch":
+        return _IN_BATCH
+    return _USER_FOLDS if getattr(model, "user_folds", 0) else None
 
 
 MULTI_WORKER: dict = {

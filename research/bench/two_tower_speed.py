@@ -39,6 +39,8 @@ N_SYNTH, SYNTH_USERS, SYNTH_ITEMS = 10_000_000, 50_000, 10_000
 WARMUP, TIMED = 20, 60
 #: the autodiff path at 10M rows: fewer timed steps (it is the slow one)
 TIMED_REF = 20
+#: grouped training (``user_folds``): folds a history and (user, fold) groups a step
+GROUP_FOLDS, GROUP_BATCH = 5, 64
 QUICK = {"n_ratings": 60_000, "n_users": 2_000, "n_items": 1_000, "epochs": 2}
 
 
@@ -81,10 +83,11 @@ def measure_real(config: str = "cooperunion_5k.toml", fast_grad: bool = True, ep
 
 def measure_synthetic(n_ratings: int = N_SYNTH, n_users: int = SYNTH_USERS, n_items: int = SYNTH_ITEMS,
                       fast_grad: bool = True, warmup: int = WARMUP, timed: int = TIMED, seed: int = 0,
-                      batch_size: int = 1_024, epochs: int | None = None) -> dict:
+                      batch_size: int = 1_024, epochs: int | None = None, user_folds: int = 0) -> dict:
     """Steady steps/s of ``TwoTower(fast_grad=...)`` on synthetic ratings: ``timed`` steps after
     ``warmup`` untimed ones, then training stops (``epochs`` given: whole epochs instead, the
-    first excluded from the rate)."""
+    first excluded from the rate). ``user_folds`` > 0: grouped training, ``batch_size`` groups a
+    step; examples/s counts training pairs (a step's groups x the mean pairs a group)."""
     import tensorflow as tf
 
     from research.bench.throughput import synthetic_ratings
@@ -106,10 +109,12 @@ def measure_synthetic(n_ratings: int = N_SYNTH, n_users: int = SYNTH_USERS, n_it
 
     load0 = _load()
     out = {"data": "synthetic", "n_ratings": n_ratings, "n_users": n_users, "n_items": n_items,
-           "fast_grad": fast_grad, "batch_size": batch_size}
+           "fast_grad": fast_grad, "batch_size": batch_size, "user_folds": user_folds}
+    grouped = {"user_folds": user_folds} if user_folds else {}
     if epochs:
         timer = _epoch_timer()
-        m = TwoTower(epochs=epochs, batch_size=batch_size, early_stopping=False, seed=seed, fast_grad=fast_grad)
+        m = TwoTower(epochs=epochs, batch_size=batch_size, early_stopping=False, seed=seed, fast_grad=fast_grad,
+                     **grouped)
         m.fit(data, None, callbacks=[timer])
         n = len(data)
         out.update(epochs=epochs, epoch_seconds=[round(t, 2) for t in timer.times],
@@ -118,16 +123,28 @@ def measure_synthetic(n_ratings: int = N_SYNTH, n_users: int = SYNTH_USERS, n_it
                    train_loss=[round(float(x), 3) for x in m.history["loss"]])
     else:
         steps = Steps()
-        m = TwoTower(epochs=1, batch_size=batch_size, early_stopping=False, seed=seed, fast_grad=fast_grad)
+        m = TwoTower(epochs=1, batch_size=batch_size, early_stopping=False, seed=seed, fast_grad=fast_grad,
+                     **grouped)
         m.fit(data, None, callbacks=[steps])
         if "wall" not in steps.t:
             raise RuntimeError(f"fewer than {warmup + timed} steps ran")
-        rate = timed * batch_size / steps.t["wall"]
+        pairs_per_example = 1.0
+        if user_folds:  # a step's pairs: its groups x the mean targets of a group
+            import numpy as np
+
+            n_groups = int(np.minimum(np.diff(m.fit_state["hist_indptr"]), user_folds).sum())
+            pairs_per_example = len(data) / n_groups
+            out["pairs_per_group"] = round(pairs_per_example, 2)
+        rate = timed * batch_size * pairs_per_example / steps.t["wall"]
         out.update(warmup_steps=warmup, timed_steps=timed, step_seconds=round(steps.t["wall"] / timed, 4),
                    step_cpu_seconds=round(steps.t["cpu"] / timed, 4), examples_per_s=round(rate),
                    epoch_seconds_extrapolated=round(n_ratings / rate, 1))
     out.update(candidates=int(m.fit_state["trained_items"].sum()), load_start=load0, load_end=_load())
     return out
+
+
+def _folds(r: dict) -> int:
+    return int(r.get("user_folds") or (r.get("params") or {}).get("user_folds") or 0)
 
 
 def run(quick: bool = False) -> dict:
@@ -138,10 +155,15 @@ def run(quick: bool = False) -> dict:
             plan.append(("research.bench.two_tower_speed:measure_synthetic", {**QUICK, "fast_grad": fast}))
         else:
             plan.append(("research.bench.two_tower_speed:measure_real", {"fast_grad": fast}))
-    if not quick:
+    grouped = {"user_folds": GROUP_FOLDS, "batch_size": GROUP_BATCH}
+    if quick:
+        plan.append(("research.bench.two_tower_speed:measure_synthetic", {**QUICK, **grouped}))
+    else:
+        plan.append(("research.bench.two_tower_speed:measure_real", grouped))
         for fast in (False, True):
             plan.append(("research.bench.two_tower_speed:measure_synthetic",
                          {"fast_grad": fast, "timed": TIMED if fast else TIMED_REF}))
+        plan.append(("research.bench.two_tower_speed:measure_synthetic", {**grouped, "timed": TIMED}))
     runs, notes = [], []
     for target, kw in plan:
         print(f"[bench] two_tower_speed: {kw} ...", file=sys.stderr, flush=True)
@@ -152,9 +174,13 @@ def run(quick: bool = False) -> dict:
             continue
         runs.append({**out["result"], "peak_rss_mb": out["peak_rss_mb"], "process_seconds": out["process_seconds"]})
     for data in sorted({r["data"] for r in runs}):
-        rate = {r["fast_grad"]: r["examples_per_s"] for r in runs if r["data"] == data}
+        rate = {r["fast_grad"]: r["examples_per_s"] for r in runs if r["data"] == data and not _folds(r)}
         if True in rate and False in rate:
             notes.append(f"{data}: fast_grad {rate[True] / rate[False]:.2f}x the autodiff path's examples/s")
+        folds = [r["examples_per_s"] for r in runs if r["data"] == data and _folds(r)]
+        if folds and True in rate:
+            notes.append(f"{data}: grouped training (user_folds {GROUP_FOLDS}, {GROUP_BATCH} groups a step) "
+                         f"{folds[0] / rate[True]:.2f}x the per-pair hand-written path's training pairs/s")
     return {"status": "ok" if runs else "failed", "runs": runs, "notes": notes,
             "settings": {"epochs_real": EPOCHS_REAL, "warmup_steps": WARMUP, "timed_steps": TIMED,
                          "timed_steps_autodiff": TIMED_REF}}
@@ -176,7 +202,10 @@ def markdown(res: dict) -> str:
                       f"({r['step_cpu_seconds'] * 1000:.0f} CPU ms)")
             epoch = f"≈ {r['epoch_seconds_extrapolated']:,.0f} (*extrapolated*)"
         loss = r.get("train_loss")
-        rows.append([r["data"], shape, "hand-written" if r["fast_grad"] else "autodiff", r.get("batch_size"), timing,
+        grad = "hand-written" if r["fast_grad"] else "autodiff"
+        if _folds(r):
+            grad = f"grouped, user_folds {_folds(r)} (autodiff)"
+        rows.append([r["data"], shape, grad, r.get("batch_size"), timing,
                      epoch, f"{r['examples_per_s']:,}", " / ".join(f"{x:,.1f}" for x in loss) if loss else "—",
                      f"{r.get('peak_rss_mb', 0):,.0f}", f"{r.get('load_start')} → {r.get('load_end')}"])
     table = md_table(["data", "size", "gradient (fast_grad)", "batch", "timed", "epoch s", "examples/s",
@@ -185,7 +214,9 @@ def markdown(res: dict) -> str:
         "two_tower at its defaults (full softmax over every candidate anime, masked history, batch 1,024): "
         "TF's autodiff of the loss (`fast_grad = false`, the code before the option) against the "
         "hand-written gradients (`fast_grad = true`, the default); the same objective, so the same "
-        "training losses up to float round-off. Real set: the seed-0 split, validation each epoch "
+        "training losses up to float round-off; and grouped training (`user_folds`: (user, fold) groups, "
+        "one softmax row a group shared by its targets; batch counts groups, examples/s counts training "
+        "pairs; a different objective, so its losses are per group). Real set: the seed-0 split, validation each epoch "
         "(inside the epoch's seconds), the first epoch (tracing) out of the rate. Synthetic: uniform "
         "ratings with the synthetic catalogue, a steady rate over the timed steps of the first epoch. "
         "Wall-clock on a shared 2-core machine: see the load.", "", table])

@@ -31,6 +31,18 @@ record of how the defaults were chosen; the full-softmax loss and its gradient a
     correction: in-batch negatives are drawn in proportion to popularity, so without it popular
     anime are over-penalised.
 - Trained on every training interaction (rated or "watched"), optionally weighted by rating.
+- **Grouped training** (``user_folds`` = K >= 2; 0, the default, trains on pairs as above): the
+  training examples are (user, fold) groups instead of pairs. Each epoch every user's training
+  history is split into K_u = min(K, |history|) folds by a hash of (seed, epoch, user, anime)
+  (``fold_of``: a new partition every epoch, the same after a resume); the group (u, f) encodes u
+  from the history *outside* fold f and takes every anime of fold f as a target of the full
+  softmax (masked as above), so the user vector and the (1 x N) logits are computed once per group
+  and shared by its ~|history| / K targets instead of once per pair. Every training pair is a
+  target exactly once an epoch, as in per-pair training; what changes is the input of its user
+  tower (the history without a whole fold, not without the one anime): leave-fold-out instead of
+  leave-one-out, the denoising Mult-DAE does with dropout. ``batch_size`` then counts groups.
+  Autodiff gradients (``fast_grad`` is for per-pair training); not with ``rating_weight`` or
+  ``loss = "in_batch"``. The logged ``loss`` is the epoch's mean per group.
 - Early stopping on the validation part's ndcg@``val_k``, computed in the graph exactly as the
   harness does on ``part="val"`` (candidates: anime with a training row; each user's training anime
   excluded; every validation anime relevant), over at most ``val_users`` validation users.
@@ -100,6 +112,8 @@ _FEATURES = ("genres", "studios", "type", "source", "episodes", "synopsis")
 _LOSSES = ("in_batch", "full_softmax")
 #: largest (users x candidates) history mask the fast full softmax keeps as a table (bytes)
 _MASK_TABLE_BYTES = 256 << 20
+#: the MINSTD generator's modulus and multiplier (Park and Miller), hashing ``user_folds``' folds
+_MINSTD_M, _MINSTD_A = 2147483647, 48271
 
 
 
@@ -129,8 +143,12 @@ class _TwoTowerModel(TFRSModel):
 
     def __init__(self, n_users, n_items, id_dim, dim, item_features, feature_dims, use_features, history,
                  hist_indptr, hist_items, candidates, log_q, temperature, l2, val_k, loss="in_batch",
-                 mask_history=True, user_id=True, user_layers=(), fast_grad=True, dense_history_grad=True):
+                 mask_history=True, user_id=True, user_layers=(), fast_grad=True, dense_history_grad=True,
+                 user_folds=0, fold_seed=0, steps_per_epoch=1):
         super().__init__()
+        self.user_folds = int(user_folds)
+        self.fold_seed = int(fold_seed) % _MINSTD_M
+        self.steps_per_epoch = max(int(steps_per_epoch), 1)
         zeros = "zeros"
         self.n_items = n_items
         self.id_dim = int(id_dim)
@@ -296,6 +314,8 @@ class _TwoTowerModel(TFRSModel):
         return full_softmax.full_softmax_fast(q, c, target, self.temperature, mask, weight)
 
     def compute_loss(self, inputs, training=False):
+        if self.user_folds:
+            return self.fold_loss(inputs["user"], inputs["fold"])
         users, items = inputs["user"], inputs["item"]
         q = self.user_tower(users, leave_out=items if self.use_history else None)
         if self.loss_kind == "full_softmax":
@@ -307,6 +327,64 @@ class _TwoTowerModel(TFRSModel):
                              candidate_ids=items, compute_metrics=False, compute_batch_metrics=False)
         if self.l2:
             penalty = tf.reduce_sum(self.item_id(items) ** 2)
+            if self.use_user_id:
+                penalty += tf.reduce_sum(self.user_id(users) ** 2)
+            loss += self.l2 * penalty
+        return loss
+
+    # ---- grouped training (``user_folds``) -------------------------------------------------
+    def fold_of(self, users, rows):
+        """The fold (0 .. K_u - 1, K_u = min(user_folds, |history|)) of every entry of ``rows`` (the
+        ragged (G, None) histories of ``users``) in this epoch: a MINSTD hash of (seed, epoch,
+        user, anime), so every epoch partitions each history anew, the same on every run and
+        after a resume (the epoch is the optimizer's step count // steps per epoch)."""
+        epoch = tf.cast(self.optimizer.iterations // self.steps_per_epoch, tf.int64)
+        rowids = rows.value_rowids()
+        user = tf.cast(tf.gather(users, rowids), tf.int64)
+        h = (tf.cast(rows.flat_values, tf.int64) + 1) % _MINSTD_M
+        for part in (user, epoch + 0 * user, self.fold_seed + 0 * user):  # chain the parts in
+            h = (h * _MINSTD_A + part + 1) % _MINSTD_M
+            h = (h * _MINSTD_A) % _MINSTD_M
+        k = tf.minimum(tf.cast(self.user_folds, tf.int64), tf.gather(rows.row_lengths(), rowids))
+        return tf.cast(h % tf.maximum(k, 1), tf.int32), rowids
+
+    def fold_loss(self, users, folds):
+        """Σ over the targets of the batch's (user, fold) groups of -log softmax(q c^T / T)[target]:
+        the user vector q is computed once per group from the history *without* the fold (the fold's
+        anime are the targets, each in exactly one fold an epoch), the (G x N) logits once per group
+        and shared by its targets. With ``mask_history`` every training anime of the user other than
+        the target is left out of its denominator, as in per-pair training; unmasked, the softmax
+        runs over every candidate. The user-id and anime-id L2 penalty counts each group's user once
+        and each target anime once."""
+        rows = tf.gather(self.hist, users)  # (G, None) anime
+        fold, rowids = self.fold_of(users, rows)
+        is_target = tf.equal(fold, tf.gather(folds, rowids))
+        keep = tf.cast(tf.logical_not(is_target), tf.float32)[:, None]
+        g = tf.shape(users)[0]
+        hist_mean = None
+        if self.use_history:
+            sums = tf.math.unsorted_segment_sum(self.hist_emb(rows.flat_values) * keep, rowids, g)
+            counts = tf.math.unsorted_segment_sum(keep, rowids, g)
+            hist_mean = sums / tf.maximum(counts, 1.0)
+        q = self._user_head(self.user_id(users) if self.use_user_id else None, hist_mean)
+        c = self.item_tower(self.cand_ids)
+        logits = tf.matmul(q, c, transpose_b=True) / self.temperature  # (G, N)
+        top = tf.stop_gradient(tf.reduce_max(logits, axis=1))
+        e = tf.exp(logits - top[:, None])
+        if self.mask_history:
+            e = tf.where(self._history_mask(users), tf.zeros_like(e), e)
+        den = tf.reduce_sum(e, axis=1)  # (G,): the non-history (masked) or every candidate
+        t_row = tf.cast(tf.boolean_mask(rowids, is_target), tf.int32)
+        t_item = tf.boolean_mask(rows.flat_values, is_target)
+        t_col = tf.gather(self.cand_col, t_item)
+        tgt = tf.gather_nd(logits, tf.stack([t_row, t_col], axis=1))
+        t_top = tf.gather(top, t_row)
+        t_den = tf.gather(den, t_row)
+        if self.mask_history:  # the target's own term joins its denominator
+            t_den = t_den + tf.exp(tgt - t_top)
+        loss = tf.reduce_sum(t_top + tf.math.log(t_den) - tgt)
+        if self.l2:
+            penalty = tf.reduce_sum(self.item_id(t_item) ** 2)
             if self.use_user_id:
                 penalty += tf.reduce_sum(self.user_id(users) ** 2)
             loss += self.l2 * penalty
@@ -354,6 +432,8 @@ class TwoTower(KerasRecommender):
         fast_grad: hand-written gradients of the full softmax and of the history sums (the same
             objective and loss, gradients equal up to float round-off; several times faster).
             False: TF's autodiff of the same loss (the code before this option existed).
+        user_folds: 0 (per-pair training) or K >= 2: grouped training on (user, fold) groups
+            (see the module docstring); ``batch_size`` then counts groups.
         epochs, batch_size, learning_rate, patience, ...: see ``KerasRecommender``.
     """
 
@@ -371,7 +451,7 @@ class TwoTower(KerasRecommender):
                  synopsis_vocab: int = 5000, temperature: float = 0.2, sampling_correction: bool = True,
                  rating_weight: float = 0.0, l2: float = 0.0, val_k: int = 10, val_users: int = 2000,
                  loss: str = "full_softmax", mask_history: bool = True, user_id: bool = True,
-                 user_layers: list = (), fast_grad: bool = True, seed: int = 0, **train):
+                 user_layers: list = (), fast_grad: bool = True, user_folds: int = 0, seed: int = 0, **train):
         super().__init__(seed=seed, **train)
         bad = [f for f in side_features if f not in _FEATURES]
         if bad:
@@ -387,6 +467,12 @@ class TwoTower(KerasRecommender):
                               "would have no input)")
         if any(int(n) < 1 for n in user_layers):
             raise ConfigError(f"two_tower user_layers must be sizes >= 1, got {list(user_layers)}")
+        if int(user_folds) < 0 or int(user_folds) == 1:
+            raise ConfigError(f"two_tower user_folds must be 0 (per-pair training) or >= 2, got {user_folds}")
+        if int(user_folds) and (loss != "full_softmax" or not use_history or rating_weight):
+            raise ConfigError("two_tower user_folds needs loss = 'full_softmax', use_history = true and "
+                              "rating_weight = 0 (a group's targets share one softmax and carry no weights)")
+        self.user_folds = int(user_folds)
         self.loss = str(loss)
         self.mask_history = bool(mask_history)
         self.user_id = bool(user_id)
@@ -411,11 +497,21 @@ class TwoTower(KerasRecommender):
         seen = self.history_rows(train).to_csr("ones")
         counts = np.bincount(train.item, minlength=train.n_items).astype(np.float64)
         r = train.rating[train.rated].astype(np.float64)
-        return {"hist_indptr": seen.indptr.astype(np.int64), "hist_items": seen.indices.astype(np.int32),
+        grouped = {}
+        if self.user_folds:  # the pipeline's steps an epoch (the fold hash's epoch counter)
+            n_groups = int(np.minimum(np.diff(seen.indptr)[np.unique(train.user)], self.user_folds).sum())
+            grouped["steps_per_epoch"] = max(-(-n_groups // self.batch_size), 1)
+        return {**grouped, "hist_indptr": seen.indptr.astype(np.int64), "hist_items": seen.indices.astype(np.int32),
                 "trained_items": counts > 0, "item_count": counts.astype(np.float32),
                 "rating_mu": float(r.mean()) if r.size else 0.0, "rating_sd": float(r.std()) if r.size else 1.0}
 
     def features(self, data: Interactions, training: bool) -> dict[str, np.ndarray]:
+        if training and self.user_folds:  # one example per (user, fold): fold < min(K, |history|)
+            n = np.diff(self.fit_state["hist_indptr"])
+            users = np.unique(data.user)
+            k = np.minimum(n[users], self.user_folds)
+            return {"user": np.repeat(users, k).astype(np.int32),
+                    "fold": (np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)).astype(np.int32)}
         if training:
             cols = {"user": data.user.astype(np.int32), "item": data.item.astype(np.int32)}
             if self.rating_weight:
@@ -445,7 +541,9 @@ class TwoTower(KerasRecommender):
                               self.l2, self.val_k, loss=self.loss, mask_history=self.mask_history,
                               user_id=self.user_id, user_layers=self.user_layers, fast_grad=self.fast_grad,
                               # lazy_adam updates only the rows of a sparse gradient: keep it sparse
-                              dense_history_grad=self.optimizer != "lazy_adam")
+                              dense_history_grad=self.optimizer != "lazy_adam", user_folds=self.user_folds,
+                              fold_seed=child_seed(self.seed, "two_tower_folds"),
+                              steps_per_epoch=st.get("steps_per_epoch", 1))
 
     def after_fit(self) -> None:
         m = self.model
